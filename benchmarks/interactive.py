@@ -1,0 +1,174 @@
+"""Latency of the interactive loop: "Update" (retrain on cached features from the current labels)
+to a new ``prediction`` layer, on Indian Pines, in a real napari viewer driven like a user would.
+
+Each repeat adds a few "painted" pixels from the ground truth to the training labels, clicks
+Update and waits until the prediction layer has been replaced. Features are extracted (or found
+in the cache) once before timing, as in the widget. Needs a display: run under Xvfb, e.g.
+
+    xvfb-run -a .venv/bin/python benchmarks/interactive.py --model out/ip_cpu \
+        --json out/interactive.json
+
+Without ``--model`` a model is pretrained first (``--preset``, ``--steps``) and, with
+``--save-model DIR``, kept for the next run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+
+def _wait(app, widget, timeout: float = 3600.0) -> float:
+    """Process Qt events until the widget's job is over; returns the seconds it took."""
+    t0 = time.perf_counter()
+    while widget.runner.busy:
+        app.processEvents()
+        time.sleep(0.002)
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError("job did not finish in time")
+    app.processEvents()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="a saved diffusion model directory")
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="pretraining steps without --model"
+    )
+    parser.add_argument("--save-model", type=Path, help="keep the pretrained model here")
+    parser.add_argument("--split", default="per-class:10", help="initial training labels")
+    parser.add_argument("--paint", type=int, default=20, help="pixels added before each update")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="classifier epochs (widget default)"
+    )
+    parser.add_argument("--ensemble", type=int, default=None, help="models in the ensemble")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache-dir", type=Path, help="feature cache (NAPARI_MTMSD_CACHE)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    if args.cache_dir is not None:
+        os.environ["NAPARI_MTMSD_CACHE"] = str(args.cache_dir)
+    import napari
+    import numpy as np
+    import torch
+    from napari_mtmsd.pretrain import pretrain
+    from qtpy.QtWidgets import QApplication
+
+    from napari_mtmsd._qt import MTMSDWidget
+    from napari_mtmsd._reader import cube_layers, labels_layer
+    from napari_mtmsd.model import DiffusionModel
+    from napari_mtmsd.samples import load_indian_pines
+
+    torch.set_num_threads(args.threads)
+    cube, gt = load_indian_pines()
+    t0 = time.perf_counter()
+    if args.model is not None:
+        model = DiffusionModel.load(args.model)
+        pretrain_s = 0.0
+    else:
+        model = pretrain(cube, preset=args.preset, steps=args.steps, device="cpu", seed=0)
+        pretrain_s = time.perf_counter() - t0
+        if args.save_model is not None:
+            model.save(args.save_model)
+
+    viewer = napari.Viewer(show=False)
+    app = QApplication.instance()
+    for data, kwargs, kind in [*cube_layers(cube, preview=False), labels_layer(gt)]:
+        getattr(viewer, f"add_{kind}")(data, **kwargs)
+    widget = MTMSDWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="MTMSD")
+    session, data, classify = widget.session, widget.data, widget.classify
+    session.model = model
+    session.model_changed.emit()
+    if args.epochs is not None:
+        classify.epochs.setValue(args.epochs)
+    if args.ensemble is not None:
+        classify.n_models.setValue(args.ensemble)
+    data.gt_combo.setCurrentText(gt.name)
+    classify.gt_combo.setCurrentText(gt.name)  # scores and confusion are redrawn on each update
+    data.split_spec.setText(args.split)
+    labels_layer_ = data.split_from_ground_truth()
+
+    classify.extract()
+    extract_s = _wait(app, widget)
+    if classify.current_store() is None:
+        raise SystemExit(f"feature extraction failed: {widget.status.text()}")
+    classify.train_and_predict()
+    first_s = _wait(app, widget)
+
+    rng = np.random.default_rng(0)
+    gt_data = np.asarray(gt.data)
+    rows = []
+    for i in range(args.repeats):
+        train = np.asarray(labels_layer_.data)
+        free = np.argwhere((gt_data > 0) & (train == 0))
+        pick = free[rng.choice(len(free), size=min(args.paint, len(free)), replace=False)]
+        train[pick[:, 0], pick[:, 1]] = gt_data[pick[:, 0], pick[:, 1]]
+        labels_layer_.data = train
+        before = viewer.layers["prediction"].data
+        t0 = time.perf_counter()
+        classify.update_prediction()
+        _wait(app, widget)
+        latency = time.perf_counter() - t0
+        if viewer.layers["prediction"].data is before:
+            raise SystemExit(
+                f"update {i} did not produce a new prediction: {widget.status.text()}"
+            )
+        report = getattr(classify, "last_scores", None) or {}
+        rows.append(
+            {
+                "repeat": i + 1,
+                "n_train": int((train > 0).sum()),
+                "latency_s": round(latency, 3),
+                "oa": round(float(report.get("oa", float("nan"))), 2),
+            }
+        )
+
+    latencies = [r["latency_s"] for r in rows]
+    result = {
+        "benchmark": "interactive update latency (Update -> new prediction layer)",
+        "dataset": "Indian Pines 145 x 145 x 200",
+        "threads": args.threads,
+        "model": str(args.model) if args.model else f"pretrained here ({args.preset})",
+        "preset": model.config.get("preset"),
+        "pretrain_s": round(pretrain_s, 1),
+        "extract_s": round(extract_s, 2),
+        "first_train_predict_s": round(first_s, 2),
+        "epochs": classify.epochs.value(),
+        "ensemble": classify.n_models.value(),
+        "timesteps": classify.timesteps.text(),
+        "stages": classify.stages.text(),
+        "split": args.split,
+        "paint_per_update": args.paint,
+        "rows": rows,
+        "median_latency_s": round(statistics.median(latencies), 3),
+        "max_latency_s": round(max(latencies), 3),
+        "torch": torch.__version__,
+    }
+    print(f"{'repeat':>6} {'train px':>9} {'latency s':>10} {'OA':>7}")
+    for r in rows:
+        print(f"{r['repeat']:>6} {r['n_train']:>9} {r['latency_s']:>10.3f} {r['oa']:>7.2f}")
+    print(
+        f"median {result['median_latency_s']:.3f} s, max {result['max_latency_s']:.3f} s "
+        f"({args.threads} threads; extract {extract_s:.1f} s once, first train+predict "
+        f"{first_s:.1f} s; ensemble {result['ensemble']} x {result['epochs']} epochs)"
+    )
+    if args.json is not None:
+        from napari_mtmsd._atomic import write_text
+
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        write_text(args.json, json.dumps(result, indent=1))
+    viewer.close()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Long work as generators: the one convention shared by the CLI, the Python API and napari.
+
+Every long job is written once as ``iter_<job>(...)``, a generator that yields progress records
+(plain dicts with at least ``stage``, ``step`` and ``total``) and *returns* its result. napari runs
+it under ``create_worker``, whose ``quit()`` stops it at the next yield; the CLI and the Python API
+call ``run(gen, callback)``, which drives it to the end and returns the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+R = TypeVar("R")
+Progress = dict[str, Any]
+Callback = Callable[[Progress], object]
+
+
+def run(gen: Generator[Progress, None, R], callback: Callback | None = None) -> R:
+    """Drive a progress generator to completion and return its result.
+
+    ``callback`` sees every record; it may raise ``errors.Cancelled`` to stop the job.
+    """
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            try:
+                callback(record)
+            except BaseException:
+                gen.close()
+                raise
+
+
+def forward(gen: Generator[Progress, None, R], **extra: Any) -> Generator[Progress, None, R]:
+    """Re-yield a sub-job's records (tagged with ``extra``) and return its result: ``yield from`` with labels."""
+    while True:
+        try:
+            record = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield {**record, **extra}

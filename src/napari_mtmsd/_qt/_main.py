@@ -1,0 +1,118 @@
+"""The docked MTMSD panel: data and labels, model, classify, inspect, and one job footer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ._common import Session
+from ._data import DataSection
+from ._model import ModelSection
+
+if TYPE_CHECKING:
+    import napari
+
+
+class MTMSDWidget(QWidget):
+    """One panel with a section per step; one job runs at a time, shown in the footer.
+
+    Every long step (pretrain, extract, train, predict) runs in a worker thread: the footer's
+    bar follows its progress and Stop quits it at its next yield; the buttons that would start
+    another job are disabled meanwhile.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        from ._classify import ClassifySection
+        from ._inspect import InspectSection
+
+        self.viewer = viewer
+        self.session = Session(viewer, self)
+        self.data = DataSection(self.session)
+        self.model = ModelSection(self.session)
+        self.classify = ClassifySection(self.session)
+        self.inspect = InspectSection(self.session)
+
+        body = QWidget()
+        body_layout = QVBoxLayout(body)
+        self.sections: dict[str, QCollapsible] = {}
+        for title, section in (
+            ("1. Data and labels", self.data),
+            ("2. Model", self.model),
+            ("3. Classify", self.classify),
+            ("4. Inspect", self.inspect),
+        ):
+            box = QCollapsible(title)
+            box.addWidget(section)
+            box.expand(animate=False)
+            body_layout.addWidget(box)
+            self.sections[title] = box
+        body_layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(body)
+
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.setEnabled(False)
+        footer = QHBoxLayout()
+        footer.addWidget(self.bar, 1)
+        footer.addWidget(self.stop_btn)
+        layout = QVBoxLayout(self)
+        layout.addWidget(scroll, 1)
+        layout.addLayout(footer)
+        layout.addWidget(self.status)
+
+        runner = self.session.runner
+        runner.progress.connect(self._progress)
+        runner.message.connect(self.status.setText)
+        runner.busy_changed.connect(self._busy)
+        self.stop_btn.clicked.connect(runner.stop)
+        # closing napari (or the panel) mid-job stops the job before the widgets go away
+        on_mouse = self.inspect.on_mouse
+        self.destroyed.connect(lambda *_: _teardown(runner, viewer, on_mouse))
+
+    @property
+    def runner(self) -> Any:
+        return self.session.runner
+
+    def _busy(self, busy: bool) -> None:
+        self.stop_btn.setEnabled(busy)
+        if busy:
+            self.bar.setRange(0, 0)  # indeterminate until the first record
+        else:
+            self.bar.setRange(0, 1)
+            self.bar.setValue(0)
+
+    def _progress(self, record: dict) -> None:
+        if not self.runner.busy:
+            return  # a record queued behind the end of its job
+        total, step = int(record.get("total", 0)), int(record.get("step", 0))
+        if total > 0:
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(step, total))
+        text = f"{record.get('stage', 'working')}: {step}/{total}" if total else "working"
+        if record.get("eta"):
+            text += f" ({record['eta']})"
+        self.status.setText(text)
+
+
+def _teardown(runner: Any, viewer: Any, on_mouse: Any) -> None:
+    """Stop the job and drop the cursor callback; touches no (deleted) Qt widget."""
+    runner.stop_and_wait()
+    if on_mouse in viewer.mouse_move_callbacks:
+        viewer.mouse_move_callbacks.remove(on_mouse)

@@ -1,0 +1,168 @@
+"""On-disk cache of whole-scene features, so retraining after new labels costs no extraction.
+
+An entry is a directory ``<root>/<key>/`` holding ``centre.npy`` and ``global.npy``, each an
+(H, W, T, D) float16 array, and ``meta.json``. The key hashes everything the features depend on:
+the model's fingerprint, the cube's bytes, the feature spec and this format's version.
+
+Why ``.npy`` memory maps rather than zarr: readers need random access to a few thousand pixels
+(training labels) and a sequential pass (prediction); a memory-mapped ``.npy`` gives both at disk
+speed with numpy alone, and float16 features barely compress. An entry is written into a hidden
+temp directory and renamed into place only when complete, so a process killed mid-write never
+leaves anything that looks like a valid entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ._atomic import atomic_dir
+from ._progress import Progress
+from .features import FeatureSpec, Tile, feature_dim, iter_scene
+
+if TYPE_CHECKING:
+    import torch
+
+    from .io import Cube
+    from .model import DiffusionModel
+
+FORMAT_VERSION = 1
+
+
+def default_root() -> Path:
+    """``$NAPARI_MTMSD_CACHE`` or ``~/.cache/napari-mtmsd/features``."""
+    env = os.environ.get("NAPARI_MTMSD_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "napari-mtmsd" / "features"
+
+
+def cube_hash(cube: Cube) -> str:
+    """Hash of the cube's values (read row block by row block), shape, dtype and ignore value."""
+    data = cube.data
+    h = hashlib.blake2b(digest_size=16)
+    h.update(repr((tuple(data.shape), str(data.dtype), cube.ignore_value)).encode())
+    rows = max(1, (64 << 20) // max(1, data.shape[1] * data.shape[2] * data.dtype.itemsize))
+    for r in range(0, data.shape[0], rows):
+        h.update(np.ascontiguousarray(data[r : r + rows]).tobytes())
+    return h.hexdigest()
+
+
+def cache_key(model: DiffusionModel, cube: Cube, spec: FeatureSpec) -> str:
+    payload = json.dumps(
+        {
+            "format": FORMAT_VERSION,
+            "model": model.fingerprint(),
+            "cube": cube_hash(cube),
+            "spec": spec.to_dict(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+class FeatureStore:
+    """A complete cache entry: memory-mapped (H, W, T, D) float16 ``centre`` and ``glob``."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.meta = json.loads((self.path / "meta.json").read_text())
+        self.centre = np.load(self.path / "centre.npy", mmap_mode="r")
+        self.glob = np.load(self.path / "global.npy", mmap_mode="r")
+        expected = tuple(self.meta["shape"])
+        if self.centre.shape != expected or self.glob.shape != expected:
+            raise ValueError(f"cache entry {self.path} does not match its meta.json")
+
+    @property
+    def spec(self) -> FeatureSpec:
+        return FeatureSpec.from_dict(self.meta["spec"])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.centre.nbytes + self.glob.nbytes)
+
+    def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Features of pixels (N, 2) -> centre, glob (N, T, D) float16, read from disk."""
+        coords = np.asarray(coords)
+        order = np.lexsort((coords[:, 1], coords[:, 0]))  # raster order reads the file forwards
+        r, c = coords[order, 0], coords[order, 1]
+        centre = np.empty((len(coords), *self.centre.shape[2:]), np.float16)
+        glob = np.empty_like(centre)
+        centre[order] = self.centre[r, c]
+        glob[order] = self.glob[r, c]
+        return centre, glob
+
+
+def lookup(
+    model: DiffusionModel, cube: Cube, spec: FeatureSpec, root: str | os.PathLike | None = None
+) -> FeatureStore | None:
+    """The complete entry for these inputs, or None. A damaged entry is removed and missed."""
+    path = Path(root or default_root()) / cache_key(model, cube, spec)
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        return FeatureStore(path)
+    except (OSError, ValueError, KeyError):
+        shutil.rmtree(path, ignore_errors=True)
+        return None
+
+
+def iter_build(
+    model: DiffusionModel,
+    cube: Cube,
+    spec: FeatureSpec | None = None,
+    root: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    memory_mb: float = 2048,
+) -> Generator[Progress, None, FeatureStore]:
+    """Whole-scene dense features into the cache (a hit returns at once) -> the entry."""
+    spec = spec or FeatureSpec()
+    root = Path(root or default_root())
+    hit = lookup(model, cube, spec, root)
+    if hit is not None:
+        yield {"stage": "features", "step": 1, "total": 1, "cached": True}
+        return hit
+    key = cache_key(model, cube, spec)
+    H, W = cube.data.shape[:2]
+    shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
+    with atomic_dir(root / key) as tmp:
+        centre = np.lib.format.open_memmap(tmp / "centre.npy", "w+", np.float16, shape)
+        glob = np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float16, shape)
+
+        def sink(tile: Tile, c: np.ndarray, g: np.ndarray) -> None:
+            rs, cs = slice(*tile.rows), slice(*tile.cols)
+            centre[rs, cs], glob[rs, cs] = c, g
+
+        yield from iter_scene(model, cube, spec, sink, device, memory_mb)
+        centre.flush()
+        glob.flush()
+        del centre, glob
+        meta = {
+            "format": FORMAT_VERSION,
+            "key": key,
+            "shape": list(shape),
+            "spec": spec.to_dict(),
+            "model": model.fingerprint(),
+            "cube": {"name": cube.name, "shape": list(cube.data.shape)},
+            "stage_channels": list(model.unet.stage_channels(spec.stages)),
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    return FeatureStore(root / key)
+
+
+def disk_usage(root: str | os.PathLike | None = None) -> int:
+    """Bytes used by the cache, incomplete temp directories included."""
+    root = Path(root or default_root())
+    if not root.exists():
+        return 0
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def clear(root: str | os.PathLike | None = None) -> None:
+    """Remove every entry (and any leftover of an interrupted write)."""
+    shutil.rmtree(Path(root or default_root()), ignore_errors=True)

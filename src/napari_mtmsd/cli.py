@@ -1,0 +1,527 @@
+"""The ``napari-mtmsd`` command line: the same jobs as the napari widgets, for scripts and batches.
+
+Inputs are a file path or ``sample:indian_pines`` / ``sample:synthetic``. Errors the user can fix
+print one line naming the file or value (exit status 2); Ctrl-C stops cleanly (130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .errors import InputError, MTMSDError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRESETS = ("cpu", "paper", "tiny")
+
+
+class ProgressPrinter:
+    """One status line per job stage on stderr: redrawn in place on a terminal, printed every few
+    seconds otherwise (logs), with the rate and an ETA."""
+
+    def __init__(self, stream: Any = None, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every_s = every_s if not self.tty else 0.2
+        self.stage: str | None = None
+        self.t_stage = self.t_last = 0.0
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        stage = rec.get("stage", "")
+        if stage != self.stage:
+            self.finish()
+            self.stage, self.t_stage, self.t_last = stage, now, 0.0
+        if "message" in rec:
+            self._write(f"[{stage}] {rec['message']}", newline=True)
+        step, total = rec.get("step", 0), rec.get("total", 0)
+        if now - self.t_last < self.every_s and step != total:
+            return
+        self.t_last = now
+        elapsed = now - self.t_stage
+        parts = [f"[{stage}] {step}/{total}"]
+        if "loss" in rec:
+            parts.append(f"loss {rec['loss']:.4f}")
+        if "samples_per_s" in rec:
+            parts.append(f"{rec['samples_per_s']:.0f} samples/s")
+        if total and 0 < step < total:
+            parts.append(f"ETA {_fmt_s(elapsed / step * (total - step))}")
+        parts.append(f"{_fmt_s(elapsed)}")
+        self._write("  ".join(parts), newline=not self.tty)
+
+    def finish(self) -> None:
+        if self.tty and self.stage is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _write(self, text: str, newline: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if newline else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _run(gen: Any) -> Any:
+    from ._progress import run
+
+    printer = ProgressPrinter()
+    try:
+        return run(gen, printer)
+    finally:
+        printer.finish()
+
+
+# ------------------------------------------------------------------------------------- commands
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from .io import describe, load_input
+
+    if a.input.startswith("sample:"):
+        cube, gt = load_input(a.input, key=a.key)
+        info = {
+            "name": cube.name,
+            "shape": list(cube.data.shape),
+            "dtype": str(cube.data.dtype),
+            "bands": int(cube.data.shape[2]),
+        }
+        if cube.wavelengths is not None:
+            info["wavelength_range"] = [
+                float(cube.wavelengths.min()),
+                float(cube.wavelengths.max()),
+            ]
+            info["wavelength_units"] = cube.wavelength_units
+        if gt is not None:
+            info["ground_truth_classes"] = int(len(np.unique(gt.data[gt.data > 0])))
+    else:
+        info = describe(a.input, key=a.key)
+    if a.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def cmd_pretrain(a: argparse.Namespace) -> int:
+    from .io import load_input
+    from .pretrain import iter_pretrain
+
+    cube, _ = load_input(a.input, key=a.key)
+    t0 = time.perf_counter()
+    last: dict[str, Any] = {}
+
+    def keep(rec: dict[str, Any]) -> None:
+        if rec.get("stage") == "pretrain":
+            last.update(rec)
+
+    gen = iter_pretrain(
+        cube,
+        preset=a.preset,
+        steps=a.steps,
+        batch_size=a.batch_size,
+        device=a.device,
+        seed=a.seed,
+        out_dir=a.output,
+        resume=a.resume,
+        compile=a.compile,
+    )
+    printer = ProgressPrinter()
+    from ._progress import run
+
+    try:
+        model = run(gen, lambda r: (keep(r), printer(r)))
+    finally:
+        printer.finish()
+    model.save(a.output)
+    dt = time.perf_counter() - t0
+    print(
+        f"pretrained {a.preset} model ({model.config.get('n_parameters', 0) / 1e6:.2f} M "
+        f"parameters) in {_fmt_s(dt)} ({dt:.1f} s): {last.get('samples_per_s', 0):.0f} samples/s, "
+        f"final loss {last.get('loss', float('nan')):.4f} -> {a.output}"
+    )
+    return 0
+
+
+def _parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        if ":" in text:  # start:stop:step, stop inclusive
+            start, stop, step = (int(v) for v in text.split(":"))
+            return tuple(range(start, stop + 1, step))
+        return tuple(int(v) for v in text.replace(",", " ").split())
+    except ValueError:
+        raise InputError(
+            f"--{name} takes integers like '50,100,150' or 'start:stop:step', not {text!r}"
+        ) from None
+
+
+def _spec(a: argparse.Namespace) -> Any:
+    from .features import FeatureSpec
+
+    kw: dict[str, Any] = {"mode": getattr(a, "mode", "dense")}
+    if (ts := _parse_ints(getattr(a, "timesteps", None), "timesteps")) is not None:
+        kw["timesteps"] = ts
+    if (st := _parse_ints(getattr(a, "stages", None), "stages")) is not None:
+        kw["stages"] = st
+    return FeatureSpec(**kw)
+
+
+def cmd_extract(a: argparse.Namespace) -> int:
+    from ._atomic import atomic_dir
+    from .features import iter_extract_pixels
+    from .io import load_input, read_labels
+    from .model import DiffusionModel
+    from .pipeline import iter_features, labelled_pixels
+
+    cube, _ = load_input(a.input, key=a.key)
+    model = DiffusionModel.load(a.model)
+    spec = _spec(a)
+    out = Path(a.output)
+    with atomic_dir(out) as tmp:
+        if a.pixels == "all":
+            if spec.mode != "dense":
+                raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")
+            store = _run(iter_features(model, cube, spec, a.device, a.cache_dir))
+            centre, glob = store.centre, store.glob
+            layout = "(rows, cols, timesteps, channels)"
+        elif a.pixels.startswith("labelled:"):
+            gt = read_labels(a.pixels.split(":", 1)[1])
+            coords, y = labelled_pixels(gt.data)
+            centre, glob = _run(iter_extract_pixels(model, cube, coords, spec, a.device))
+            np.save(tmp / "coords.npy", coords)
+            np.save(tmp / "labels.npy", y)
+            layout = "(pixels, timesteps, channels); coords.npy gives (row, col) of each pixel"
+        else:
+            raise InputError(f"--pixels takes 'all' or 'labelled:GT_FILE', not {a.pixels!r}")
+        np.save(tmp / "centre.npy", centre)
+        np.save(tmp / "global.npy", glob)
+        sidecar = {
+            "layout": layout,
+            "shape": list(centre.shape),
+            "dtype": "float16",
+            "spec": spec.to_dict(),
+            "stage_channels": list(model.unet.stage_channels(spec.stages)),
+            "model": str(a.model),
+            "model_fingerprint": model.fingerprint(),
+            "input": a.input,
+        }
+        (tmp / "features.json").write_text(json.dumps(sidecar, indent=1))
+    print(f"features {tuple(centre.shape)} x 2 (centre, global) float16 -> {out}")
+    return 0
+
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .io import load_input, read_labels
+    from .model import DiffusionModel
+    from .pipeline import iter_train
+
+    cube, _ = load_input(a.input, key=a.key)
+    labels = read_labels(a.labels, key=a.labels_key)
+    model = DiffusionModel.load(a.model)
+    model.config["path"] = str(a.model)
+    bundle = _run(
+        iter_train(
+            model,
+            cube,
+            labels.data,
+            _spec(a),
+            class_names=labels.class_names,
+            colors=labels.colors,
+            device=a.device,
+            cache_dir=a.cache_dir,
+            seed=a.seed,
+            **_classifier_kwargs(a),
+        )
+    )
+    bundle.save(a.output)
+    print(f"trained on {bundle.meta['n_train']} labelled pixels -> {a.output}")
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .io import load_input, write_labels
+    from .pipeline import ClassifierBundle, iter_predict
+
+    bundle = ClassifierBundle.load(a.classifier)
+    out = Path(a.output)
+    for inp in a.inputs:
+        cube, _ = load_input(inp, key=a.key)
+        class_map, confidence = _run(iter_predict(bundle, cube, a.device, a.cache_dir))
+        stem = cube.name.replace(" ", "_").replace("/", "_")
+        path = write_labels(
+            out / f"{stem}_classes.{a.format}", class_map, bundle.class_names, bundle.colors
+        )
+        np.save(out / f"{stem}_confidence.npy", confidence)
+        print(f"{inp}: class map -> {path}, confidence -> {out / (stem + '_confidence.npy')}")
+    return 0
+
+
+def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    kw = {}
+    for name in ("k", "n_models", "epochs"):
+        if getattr(a, name, None) is not None:
+            kw[name] = getattr(a, name)
+    return kw
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .io import load_input, read_labels
+    from .model import DiffusionModel
+    from .pipeline import iter_evaluate
+
+    cube, gt = load_input(a.input, key=a.key)
+    if a.ground_truth:
+        gt = read_labels(a.ground_truth)
+    if gt is None:
+        raise InputError(f"{a.input} brings no ground truth: give --ground-truth GT_FILE")
+    model = DiffusionModel.load(a.model) if a.model else None
+    report = _run(
+        iter_evaluate(
+            cube,
+            gt.data,
+            split=a.split,
+            seed=a.seed,
+            model=model,
+            preset=a.preset,
+            pretrain_steps=a.steps,
+            device=a.device,
+            spec=_spec(a),
+            cache_dir=a.cache_dir if a.cache_dir else False,
+            baselines=tuple(b for b in a.baselines.split(",") if b),
+            class_names=gt.class_names,
+            **_classifier_kwargs(a),
+        )
+    )
+    _print_report(report, gt.class_names)
+    _save_report(report, a.json, a.png, gt.class_names, gt.colors)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The main job: the whole method on the embedded Indian Pines scene with the cpu preset."""
+    from .pipeline import iter_evaluate
+    from .samples import load_indian_pines
+
+    cube, gt = load_indian_pines()
+    out = Path(a.output)
+    print(
+        f"MTMSD demo: {cube.name} {cube.data.shape[0]}x{cube.data.shape[1]}x{cube.data.shape[2]}, "
+        f"{len(gt.class_names or [])} classes, split {a.split} (seed {a.seed}), preset {a.preset}"
+    )
+    report = _run(
+        iter_evaluate(
+            cube,
+            gt.data,
+            split=a.split,
+            seed=a.seed,
+            preset=a.preset,
+            pretrain_steps=a.steps,
+            device=a.device,
+            cache_dir=False,
+            class_names=gt.class_names,
+        )
+    )
+    _print_report(report, gt.class_names)
+    _save_report(report, out / "report.json", out, gt.class_names, gt.colors)
+    return 0
+
+
+def _print_report(report: dict[str, Any], class_names: Sequence[str] | None) -> None:
+    rows = [("MTMSD", report)] + [(k, v) for k, v in report.get("baselines", {}).items()]
+    names = {"linear": "linear probe", "svm": "RBF-SVM (spectra)", "rf": "random forest (spectra)"}
+    print(f"\n{'method':<26}{'OA':>8}{'AA':>8}{'kappa':>8}")
+    for name, r in rows:
+        print(f"{names.get(name, name):<26}{r['oa']:8.2f}{r['aa']:8.2f}{r['kappa']:8.2f}")
+    print(
+        f"\ntrain pixels {report['n_train']}, test pixels {report['n_test']} (scored on test only)"
+    )
+    t = report["timings_s"]
+    print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"peak RSS {report['peak_rss_mb']:.0f} MB")
+
+
+def _save_report(
+    report: dict[str, Any],
+    json_path: str | Path | None,
+    png_dir: str | Path | None,
+    class_names: Sequence[str] | None,
+    colors: Any,
+) -> None:
+    from ._atomic import write_text
+    from .metrics import plot_class_map, plot_confusion
+
+    if json_path:
+        keep = {k: v for k, v in report.items() if not isinstance(v, np.ndarray) and k != "bundle"}
+        write_text(json_path, json.dumps(keep, indent=1, default=_jsonable))
+        print(f"report -> {json_path}")
+    if png_dir:
+        png_dir = Path(png_dir)
+        names = list(class_names) if class_names else None
+        plot_class_map(
+            png_dir / "class_map.png",
+            report["class_map"],
+            names,
+            colors,
+            title=f"MTMSD, OA {report['oa']:.2f}",
+        )
+        plot_confusion(
+            png_dir / "confusion_matrix.png", np.asarray(report["confusion_matrix"]), names
+        )
+        print(f"figures -> {png_dir / 'class_map.png'}, {png_dir / 'confusion_matrix.png'}")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
+
+
+# --------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="napari-mtmsd",
+        description="Hyperspectral classification with multi-timestep multi-stage diffusion "
+        "features (MTMSD). INPUT is a file (ENVI .hdr, .mat, .npy, .tif) or sample:indian_pines "
+        "/ sample:synthetic.",
+    )
+    p.add_argument("--version", action="version", version=f"napari-mtmsd {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(
+        name: str, fn: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=fn)
+        return sp
+
+    def common(sp: argparse.ArgumentParser, key: bool = True, device: bool = True) -> None:
+        if key:
+            sp.add_argument("--key", help="variable name in a .mat file")
+        if device:
+            sp.add_argument("--device", default="auto", choices=DEVICES)
+
+    def features(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--timesteps", help="e.g. '50:950:50' (default) or '100,300,500'")
+        sp.add_argument("--stages", help="decoder blocks, e.g. '0,1,2,3,5' (default)")
+        sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
+
+    def classifier(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--k", type=int, help="channels kept by purification (default 768)")
+        sp.add_argument("--n-models", type=int, help="ensemble size (default 5)")
+        sp.add_argument("--epochs", type=int, help="at most this many epochs (default 100)")
+
+    sp = add(
+        "info", cmd_info, "describe a cube or label file: shape, bands, wavelengths, variables"
+    )
+    sp.add_argument("input")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    common(sp, device=False)
+
+    sp = add(
+        "pretrain", cmd_pretrain, "pretrain the diffusion model on a cube's unlabelled patches"
+    )
+    sp.add_argument("input")
+    sp.add_argument("-o", "--output", required=True, help="model directory")
+    sp.add_argument("--preset", default="cpu", choices=PRESETS)
+    sp.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    sp.add_argument("--batch-size", type=int)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
+    common(sp)
+
+    sp = add(
+        "extract", cmd_extract, "compute diffusion features and save them with a JSON sidecar"
+    )
+    sp.add_argument("input")
+    sp.add_argument("--model", required=True, help="model directory from 'pretrain'")
+    sp.add_argument("-o", "--output", required=True, help="output directory")
+    sp.add_argument("--mode", default="dense", choices=("dense", "patch"))
+    sp.add_argument("--pixels", default="all", help="'all' or 'labelled:GT_FILE'")
+    features(sp)
+    common(sp)
+
+    sp = add("train", cmd_train, "train the MTMSD classifier on labelled pixels")
+    sp.add_argument("input")
+    sp.add_argument("--labels", required=True, help="training label map (0 = unlabelled)")
+    sp.add_argument("--labels-key", help="variable name in a .mat label file")
+    sp.add_argument("--model", required=True, help="model directory from 'pretrain'")
+    sp.add_argument("-o", "--output", required=True, help="classifier directory")
+    sp.add_argument("--seed", type=int, default=0)
+    features(sp)
+    classifier(sp)
+    common(sp)
+
+    sp = add("predict", cmd_predict, "classify whole cubes with a trained classifier")
+    sp.add_argument("inputs", nargs="+", metavar="INPUT")
+    sp.add_argument("--classifier", required=True, help="classifier directory from 'train'")
+    sp.add_argument("-o", "--output", required=True, help="output directory")
+    sp.add_argument("--format", default="tif", choices=("tif", "npy", "mat", "hdr"))
+    sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
+    common(sp)
+
+    sp = add("evaluate", cmd_evaluate, "run the whole method and score it on test pixels")
+    sp.add_argument("input")
+    sp.add_argument("--ground-truth", help="label map (sample: inputs bring their own)")
+    sp.add_argument(
+        "--split", default="random:0.1", help="random:F | per-class:N | blocks:K | mask:TRAIN,TEST"
+    )
+    sp.add_argument("--seed", type=int, default=827)
+    sp.add_argument("--model", help="model directory (default: pretrain one with --preset)")
+    sp.add_argument("--preset", default="cpu", choices=PRESETS)
+    sp.add_argument("--steps", type=int, help="pretraining steps when no --model")
+    sp.add_argument("--baselines", default="linear,svm,rf", help="comma list, '' for none")
+    sp.add_argument("--json", help="write the report here")
+    sp.add_argument("--png", help="write class map and confusion matrix PNGs here")
+    features(sp)
+    classifier(sp)
+    common(sp)
+
+    sp = add("demo", cmd_demo, "the main job: MTMSD on the embedded Indian Pines scene")
+    sp.add_argument("-o", "--output", default="mtmsd-demo", help="output directory")
+    sp.add_argument("--split", default="random:0.1")
+    sp.add_argument("--seed", type=int, default=827)
+    sp.add_argument("--preset", default="cpu", choices=PRESETS)
+    sp.add_argument("--steps", type=int, help="pretraining steps (default: the preset's)")
+    common(sp, key=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MTMSDError as e:
+        print(f"napari-mtmsd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
+        print(f"napari-mtmsd {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"napari-mtmsd {args.command}: stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

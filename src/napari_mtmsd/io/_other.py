@@ -1,0 +1,186 @@
+"""``.npy`` (memory-mapped) and TIFF / GeoTIFF multi-band cubes and label maps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from .._atomic import atomic_path
+from ..errors import InputError
+from ._types import Cube, LabelMap
+
+NPY_MAGIC = b"\x93NUMPY"
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) from the ``.npy`` header alone, or None when it is not one."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }.get(version)
+            if read is None:
+                return None
+            shape, _, dtype = read(f)
+    except (OSError, ValueError):
+        return None
+    return tuple(shape), np.dtype(dtype)
+
+
+def _npy(path: Path) -> np.ndarray:
+    head = npy_header(path)
+    if head is None:
+        raise InputError(f"{path}: not a NumPy .npy file")
+    shape, dtype = head
+    if dtype.kind not in "biuf":
+        raise InputError(f"{path}: .npy dtype {dtype} is not real numeric")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise InputError(
+            f"{path}: cannot map the .npy data (shape {shape}, {dtype}): {e} (truncated file?)"
+        ) from e
+
+
+def band_last(data: Any, band_axis: int) -> Any:
+    return data if band_axis in (2, -1) else np.moveaxis(data, band_axis, -1)
+
+
+def guess_band_axis(shape: tuple[int, ...]) -> int:
+    """The band axis of a 3-D array with no axis names: axis 0 when it is strictly the smallest
+    (a band-first stack such as (200, 145, 145)... is ambiguous: (H, W, B) is the convention),
+    else the last axis."""
+    return 0 if shape[0] < shape[1] and shape[0] < shape[2] else 2
+
+
+def read_npy_cube(path: Path) -> Cube:
+    data = _npy(path)
+    if data.ndim != 3:
+        raise InputError(
+            f"{path}: a cube is a 3-D array (rows, cols, bands), got shape {data.shape}"
+        )
+    axis = guess_band_axis(data.shape)
+    meta = {"format": "npy", "path": str(path), "band_axis_in_file": axis}
+    return Cube(data=band_last(data, axis), name=path.stem, metadata=meta)
+
+
+def _labels_from_array(path: Path, arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and 1 in (arr.shape[0], arr.shape[-1]):
+        arr = arr.reshape([s for s in arr.shape if s != 1] or [1, 1])
+    if arr.ndim != 2:
+        raise InputError(f"{path}: a label map is a 2-D array (rows, cols), got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if not (np.isfinite(arr).all() and np.array_equal(arr, np.round(arr))):
+            raise InputError(f"{path}: a label map holds integers, found non-integer values")
+        arr = arr.astype(np.int32)
+    if arr.dtype.kind not in "biu":
+        raise InputError(f"{path}: a label map holds integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "b":
+        arr = arr.astype(np.uint8)
+    if arr.size and arr.min() < 0:
+        raise InputError(f"{path}: label maps use 0 for unlabelled and 1..K, found {arr.min()}")
+    return arr
+
+
+def read_npy_labels(path: Path) -> LabelMap:
+    arr = _labels_from_array(path, _npy(path))
+    return LabelMap(data=arr, name=path.stem, metadata={"format": "npy", "path": str(path)})
+
+
+def _tiff(path: Path) -> tuple[Any, str, dict]:
+    """(array, axes, description metadata); memory-mapped when the file allows it."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            meta = dict(tif.shaped_metadata[0]) if tif.shaped_metadata else {}
+            geo = tif.geotiff_metadata if tif.is_geotiff else None
+        if geo:
+            meta["geotiff"] = {k: v for k, v in geo.items() if isinstance(v, (int, float, str))}
+        try:
+            data = tifffile.memmap(path, mode="r")
+        except ValueError:  # compressed or tiled: read it
+            data = tifffile.imread(path)
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as e:
+        raise InputError(f"{path}: cannot read this TIFF ({e})") from e
+    return data, axes, meta
+
+
+def tiff_band_axis(axes: str, shape: tuple[int, ...]) -> int:
+    """The axis that is neither Y nor X when tifffile names them, else the smallest end axis."""
+    if len(axes) == 3 and "Y" in axes and "X" in axes:
+        return next(i for i, a in enumerate(axes) if a not in "YX")
+    return guess_band_axis(shape)
+
+
+def read_tiff_cube(path: Path) -> Cube:
+    data, axes, desc = _tiff(path)
+    if data.ndim != 3:
+        raise InputError(
+            f"{path}: a cube is a 3-D multi-band image, this TIFF has shape {data.shape} ({axes})"
+        )
+    axis = tiff_band_axis(axes, data.shape)
+    wl = desc.get("wavelengths")
+    meta = {"format": "tiff", "path": str(path), "axes": axes}
+    if "geotiff" in desc:
+        meta["geotiff"] = desc["geotiff"]
+    data = band_last(data, axis)
+    wl = np.asarray(wl, dtype=float) if wl is not None and len(wl) == data.shape[2] else None
+    return Cube(
+        data=data,
+        wavelengths=wl,
+        wavelength_units=desc.get("wavelength_units"),
+        name=path.stem,
+        metadata=meta,
+    )
+
+
+def read_tiff_labels(path: Path) -> LabelMap:
+    data, _, desc = _tiff(path)
+    arr = _labels_from_array(path, data)
+    colors = desc.get("colors")
+    return LabelMap(
+        data=arr,
+        class_names=desc.get("class_names"),
+        colors=np.asarray(colors, dtype=np.uint8) if colors is not None else None,
+        name=path.stem,
+        metadata={"format": "tiff", "path": str(path)},
+    )
+
+
+def tiff_info(path: Path) -> tuple[tuple[int, ...], str, dict] | None:
+    """(shape, axes, description metadata) of the first series, without reading pixels."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            s = tif.series[0]
+            meta = dict(tif.shaped_metadata[0]) if tif.shaped_metadata else {}
+            return tuple(s.shape), s.axes, meta
+    except Exception:  # any unreadable TIFF is simply not ours
+        return None
+
+
+def write_npy_labels(path: Path, labels: LabelMap) -> Path:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.asarray(labels.data))
+    return Path(path)
+
+
+def write_tiff_labels(path: Path, labels: LabelMap) -> Path:
+    """A 2-D TIFF; class names and colours ride in tifffile's JSON description."""
+    meta: dict[str, Any] = {}
+    if labels.class_names:
+        meta["class_names"] = list(labels.class_names)
+    if labels.colors is not None:
+        meta["colors"] = np.asarray(labels.colors).tolist()
+    json.dumps(meta)  # fail here, before writing, on anything tifffile could not store
+    with atomic_path(path, suffix=Path(path).suffix or ".tif") as tmp:
+        tifffile.imwrite(tmp, np.asarray(labels.data), metadata=meta, compression="zlib")
+    return Path(path)

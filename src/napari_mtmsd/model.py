@@ -1,0 +1,248 @@
+"""``DiffusionModel``: the U-Net (EMA weights), its noise schedule and its input transform.
+
+A model directory holds
+
+* ``config.json``: ``format_version``, preset, architecture, schedule, preprocessing settings,
+  the source cube (name, shape, sha256), band count, seed, step, ``n_parameters``, package and
+  torch versions, and the sha256 of each of the other files (so a flipped byte is caught);
+* ``weights.safetensors``: the EMA weights of the U-Net;
+* ``preprocess.safetensors``: the PCA / scaler arrays;
+* optionally ``resume.pt``: the state needed to continue pretraining (see ``pretrain.py``).
+
+The directory is written atomically as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._atomic import atomic_dir
+from .errors import InputError, ModelFileError
+from .preprocess import Preprocessor, as_cube
+from .schedule import NoiseSchedule
+from .unet import UNet, UNetConfig
+
+FORMAT_VERSION = 1
+CONFIG = "config.json"
+WEIGHTS = "weights.safetensors"
+PREPROCESS = "preprocess.safetensors"
+RESUME = "resume.pt"
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _hash_tensors(h: Any, tensors: dict[str, Any]) -> None:
+    for key in sorted(tensors):
+        value = tensors[key]
+        arr = (
+            value.detach().cpu().contiguous().numpy()
+            if torch.is_tensor(value)
+            else np.asarray(value)
+        )
+        arr = np.ascontiguousarray(arr)
+        h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
+        h.update(arr.tobytes())
+
+
+class DiffusionModel:
+    """A pretrained denoising U-Net with everything needed to feed it a new cube."""
+
+    def __init__(
+        self,
+        unet: UNet,
+        schedule: NoiseSchedule,
+        preprocessor: Preprocessor,
+        config: dict | None = None,
+    ):
+        if preprocessor.n_components != unet.config.in_channels:
+            raise ValueError(
+                f"preprocessor gives {preprocessor.n_components} components but the U-Net takes "
+                f"{unet.config.in_channels} input channels"
+            )
+        self.unet = unet
+        self.schedule = schedule
+        self.preprocessor = preprocessor
+        self.config = dict(config or {})
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.unet.config.patch_size)
+
+    @property
+    def n_components(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def n_bands(self) -> int:
+        return self.preprocessor.n_bands
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    def to(self, device: torch.device | str) -> DiffusionModel:
+        self.unet.to(device)
+        return self
+
+    def prepare(self, cube: Any) -> np.ndarray:
+        """(H, W, C) float32 model input; invalid pixels (NaN, ignore value) become 0."""
+        cube = as_cube(cube)
+        if cube.n_bands != self.n_bands:
+            source = self.config.get("source", {}).get("name", "?")
+            raise InputError(
+                f"{cube.name} has {cube.n_bands} bands but this model was pretrained on cubes "
+                f"with {self.n_bands} bands (source: {source})"
+            )
+        x = self.preprocessor.transform(cube.data, name=cube.name)
+        x[~np.asarray(cube.valid_mask(), dtype=bool)] = 0.0
+        return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def full_config(self) -> dict:
+        cfg = dict(self.config)
+        cfg.update(
+            format_version=FORMAT_VERSION,
+            architecture=self.unet.config.to_dict(),
+            schedule=self.schedule.to_dict(),
+            n_bands=self.n_bands,
+            n_components=self.n_components,
+            n_parameters=self.unet.n_parameters,
+            package_version=__version__,
+            torch_version=torch.__version__,
+        )
+        return cfg
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, the preprocessing and the architecture/schedule: a cache key
+        that is the same for a model and its saved-then-loaded copy."""
+        h = hashlib.sha256()
+        essentials = {
+            "format_version": FORMAT_VERSION,
+            "architecture": self.unet.config.to_dict(),
+            "schedule": self.schedule.to_dict(),
+        }
+        h.update(json.dumps(essentials, sort_keys=True).encode())
+        _hash_tensors(h, self.unet.state_dict())
+        _hash_tensors(h, self.preprocessor.to_arrays())
+        return h.hexdigest()
+
+    def save(self, path: str | os.PathLike, resume_state: dict | None = None) -> Path:
+        """Write the model directory atomically (replacing any previous one)."""
+        from safetensors.numpy import save_file as save_numpy
+        from safetensors.torch import save_file as save_torch
+
+        path = Path(path)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
+        with atomic_dir(path) as tmp:
+            save_torch(state, str(tmp / WEIGHTS))
+            save_numpy(self.preprocessor.to_arrays(), str(tmp / PREPROCESS))
+            files = [WEIGHTS, PREPROCESS]
+            if resume_state is not None:
+                torch.save(resume_state, tmp / RESUME)
+                files.append(RESUME)
+            cfg = self.full_config()
+            cfg["files"] = {name: _sha256_file(tmp / name) for name in files}
+            (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
+        return path
+
+    @classmethod
+    def read_config(cls, path: str | os.PathLike) -> dict:
+        """Parse and check ``config.json`` of a model directory."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ModelFileError(f"model directory {path} does not exist")
+        cfg_path = path / CONFIG
+        if not cfg_path.is_file():
+            raise ModelFileError(
+                f"{cfg_path} is missing: {path} is not a napari-mtmsd model directory"
+            )
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelFileError(f"{cfg_path} is not valid JSON ({exc})") from exc
+        if not isinstance(cfg, dict):
+            raise ModelFileError(f"{cfg_path} must hold a JSON object")
+        version = cfg.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFileError(
+                f"{path} is a model of format version {version}; this napari-mtmsd "
+                f"({__version__}) reads format version {FORMAT_VERSION}: pretrain the model again"
+            )
+        for key in ("architecture", "schedule", "files"):
+            if not isinstance(cfg.get(key), dict):
+                raise ModelFileError(f"{cfg_path} lacks the {key!r} section")
+        return cfg
+
+    @classmethod
+    def check_file(cls, path: Path, cfg: dict, name: str) -> Path:
+        """The path of ``name`` in the model dir, after checking it exists and matches its hash."""
+        file = path / name
+        if not file.is_file():
+            raise ModelFileError(f"{file} is missing")
+        expected = cfg["files"].get(name)
+        if expected is None:
+            raise ModelFileError(f"{path / CONFIG} does not list {name}")
+        if _sha256_file(file) != expected:
+            raise ModelFileError(
+                f"{file} is corrupt or truncated (its sha256 differs from the one recorded in "
+                f"{CONFIG}): pretrain or copy the model again"
+            )
+        return file
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> DiffusionModel:
+        """Read and check a model directory; every problem raises ``ModelFileError``."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file as load_numpy
+        from safetensors.torch import load_file as load_torch
+
+        path = Path(path)
+        cfg = cls.read_config(path)
+        weights_file = cls.check_file(path, cfg, WEIGHTS)
+        pre_file = cls.check_file(path, cfg, PREPROCESS)
+        try:
+            state = load_torch(str(weights_file))
+            arrays = load_numpy(str(pre_file))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelFileError(f"cannot read the weights in {path}: {exc}") from exc
+        try:
+            unet_cfg = UNetConfig.from_dict(cfg["architecture"])
+            schedule = NoiseSchedule.from_dict(cfg["schedule"])
+            unet = UNet(unet_cfg)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelFileError(
+                f"{path / CONFIG}: invalid architecture or schedule ({exc})"
+            ) from exc
+        try:
+            unet.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelFileError(
+                f"{weights_file} does not match the architecture in {CONFIG}: {exc}"
+            ) from exc
+        try:
+            pre = Preprocessor.from_arrays(arrays)
+        except ValueError as exc:
+            raise ModelFileError(f"{pre_file}: {exc}") from exc
+        if pre.n_components != unet_cfg.in_channels or pre.n_bands != cfg.get("n_bands"):
+            raise ModelFileError(
+                f"{pre_file} maps {pre.n_bands} bands to {pre.n_components} components, but "
+                f"{CONFIG} says {cfg.get('n_bands')} bands and {unet_cfg.in_channels} components"
+            )
+        unet.eval()
+        keep = {k: v for k, v in cfg.items() if k != "files"}
+        from .device import resolve_device
+
+        return cls(unet.to(resolve_device(device)), schedule, pre, keep)

@@ -1,0 +1,413 @@
+"""The end-to-end jobs: train a classifier from labels, predict a scene, evaluate on ground truth.
+
+Each job is a progress generator (``iter_*``, see ``_progress``) so the CLI, the Python API and
+the napari widgets run the same code. Features go through the on-disk cache (``cache``), so a
+second training on new labels, or a prediction after training, costs no extraction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import __version__
+from ._atomic import atomic_dir
+from ._progress import Progress, forward, run
+from .errors import InputError, ModelFileError
+from .features import FeatureSpec
+
+if TYPE_CHECKING:
+    from .cache import FeatureStore
+    from .classifier import MTMSDClassifier
+    from .io import Cube
+    from .model import DiffusionModel
+
+BUNDLE_FORMAT = 1
+PREDICT_CHUNK = 8192  # pixels classified at once when reading cached features
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def labels_hash(labels: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int32).tobytes()).hexdigest()[:16]
+
+
+@dataclasses.dataclass
+class ClassifierBundle:
+    """Everything needed to classify a new cube: the diffusion model, the feature spec, the
+    trained heads and the classes. Saved as one directory (the model is copied in, so a bundle
+    moves between machines as a whole)."""
+
+    model: DiffusionModel
+    spec: FeatureSpec
+    classifier: MTMSDClassifier
+    class_names: list[str] | None = None
+    colors: np.ndarray | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.model.save(tmp / "model")
+            self.classifier.save(tmp / "classifier")
+            info = {
+                "format_version": BUNDLE_FORMAT,
+                "kind": "napari-mtmsd classifier",
+                "spec": self.spec.to_dict(),
+                "class_names": self.class_names,
+                "colors": None if self.colors is None else np.asarray(self.colors).tolist(),
+                "model_fingerprint": self.model.fingerprint(),
+                **self.meta,
+            }
+            (tmp / "bundle.json").write_text(json.dumps(info, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ClassifierBundle:
+        from .classifier import MTMSDClassifier
+        from .model import DiffusionModel
+
+        path = Path(path)
+        info_file = path / "bundle.json"
+        if not info_file.is_file():
+            raise ModelFileError(f"{path} is not a classifier directory: no bundle.json in it")
+        try:
+            info = json.loads(info_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelFileError(f"{info_file} is unreadable or corrupt: {e}") from e
+        if info.get("format_version") != BUNDLE_FORMAT:
+            raise ModelFileError(
+                f"{path} has classifier format {info.get('format_version')!r}; this version of "
+                f"napari-mtmsd reads format {BUNDLE_FORMAT}"
+            )
+        model = DiffusionModel.load(path / "model", device=device)
+        if model.fingerprint() != info["model_fingerprint"]:
+            raise ModelFileError(
+                f"the diffusion model in {path / 'model'} is not the one this classifier was "
+                "trained on (fingerprint mismatch)"
+            )
+        classifier = MTMSDClassifier.load(path / "classifier")
+        meta = {
+            k: v
+            for k, v in info.items()
+            if k not in ("spec", "class_names", "colors", "model_fingerprint")
+        }
+        colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
+        return cls(
+            model,
+            FeatureSpec.from_dict(info["spec"]),
+            classifier,
+            info.get("class_names"),
+            colors,
+            meta,
+        )
+
+
+def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W) label map -> coords (N, 2) of labelled pixels (raster order) and their labels."""
+    labels = np.asarray(labels)
+    coords = np.argwhere(labels > 0)
+    return coords, labels[coords[:, 0], coords[:, 1]].astype(np.int64)
+
+
+@contextlib.contextmanager
+def _cache_root(cache_dir: str | Path | None | bool) -> Iterator[Path | None]:
+    """``None``: the user cache; ``False``: a temp directory removed afterwards; else that path."""
+    if cache_dir is False:
+        with tempfile.TemporaryDirectory(prefix="napari-mtmsd-") as d:
+            yield Path(d)
+    else:
+        yield None if cache_dir in (None, True) else Path(cache_dir)
+
+
+def iter_features(
+    model: DiffusionModel,
+    cube: Cube,
+    spec: FeatureSpec | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    memory_mb: float = 2048,
+) -> Generator[Progress, None, FeatureStore]:
+    """Whole-scene features, from the cache or computed into it."""
+    from .cache import iter_build
+
+    _check_bands(model, cube)
+    return (
+        yield from iter_build(model, cube, spec or FeatureSpec(), cache_dir, device, memory_mb)
+    )
+
+
+def iter_train(
+    model: DiffusionModel,
+    cube: Cube,
+    labels: np.ndarray,
+    spec: FeatureSpec | None = None,
+    class_names: list[str] | None = None,
+    colors: np.ndarray | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    store: FeatureStore | None = None,
+    **classifier_kwargs: Any,
+) -> Generator[Progress, None, ClassifierBundle]:
+    """Train the MTMSD heads on the labelled pixels of ``labels`` (H, W; 0 = unlabelled)."""
+    from .classifier import MTMSDClassifier
+
+    spec = spec or FeatureSpec()
+    labels = np.asarray(labels)
+    if labels.shape != tuple(cube.data.shape[:2]):
+        raise InputError(
+            f"training labels are {labels.shape[0]} x {labels.shape[1]} but the cube "
+            f"{cube.name!r} is {cube.data.shape[0]} x {cube.data.shape[1]}"
+        )
+    coords, y = labelled_pixels(labels)
+    if len(np.unique(y)) < 2:
+        raise InputError(
+            f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
+            f"{len(np.unique(y))} class(es)"
+        )
+    if store is None:
+        store = yield from iter_features(model, cube, spec, device, cache_dir)
+    centre, glob = store.pixels(coords)
+    classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
+    clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
+    yield from forward(clf.iter_fit(centre, glob, y))
+    meta = {
+        "seed": seed,
+        "labels_hash": labels_hash(labels),
+        "n_train": len(y),
+        "cube": {"name": cube.name, "shape": list(cube.data.shape)},
+        "model_path": str(model.config.get("path", "")),
+        "versions": _versions(),
+    }
+    return ClassifierBundle(model, spec, clf, class_names, colors, meta)
+
+
+def iter_predict(
+    bundle: ClassifierBundle,
+    cube: Cube,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    store: FeatureStore | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Class map (H, W) int32 (0 where the cube is invalid) and confidence (H, W) float32 (the
+    ensemble's mean softmax of the predicted class)."""
+    if store is None:
+        store = yield from iter_features(bundle.model, cube, bundle.spec, device, cache_dir)
+    H, W = cube.data.shape[:2]
+    class_map = np.zeros(H * W, np.int32)
+    confidence = np.zeros(H * W, np.float32)
+    centre = store.centre.reshape(H * W, *store.centre.shape[2:])
+    glob = store.glob.reshape(H * W, *store.glob.shape[2:])
+    clf = bundle.classifier
+    total = -(-H * W // PREDICT_CHUNK)
+    for i, s in enumerate(range(0, H * W, PREDICT_CHUNK)):
+        sl = slice(s, s + PREDICT_CHUNK)
+        c, g = np.asarray(centre[sl]), np.asarray(glob[sl])
+        proba = clf.predict_proba(c, g)
+        class_map[sl] = clf.predict(c, g)
+        confidence[sl] = proba.max(1)
+        yield {"stage": "predict", "step": i + 1, "total": total}
+    valid = np.asarray(cube.valid_mask()).reshape(-1)
+    class_map[~valid], confidence[~valid] = 0, 0.0
+    return class_map.reshape(H, W), confidence.reshape(H, W)
+
+
+def train(*args: Any, callback: Any = None, **kwargs: Any) -> ClassifierBundle:
+    """Plain-function form of :func:`iter_train`."""
+    return run(iter_train(*args, **kwargs), callback)
+
+
+def predict(*args: Any, callback: Any = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-function form of :func:`iter_predict`."""
+    return run(iter_predict(*args, **kwargs), callback)
+
+
+def iter_evaluate(
+    cube: Cube,
+    gt: np.ndarray,
+    split: str = "random:0.1",
+    seed: int = 827,
+    model: DiffusionModel | None = None,
+    preset: str = "cpu",
+    pretrain_steps: int | None = None,
+    device: str = "auto",
+    spec: FeatureSpec | None = None,
+    cache_dir: str | Path | None | bool = False,
+    baselines: tuple[str, ...] = ("linear", "svm", "rf"),
+    class_names: list[str] | None = None,
+    **classifier_kwargs: Any,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """The whole method on one cube with ground truth, scored on test pixels only.
+
+    Pretrains first when no ``model`` is given. Returns the report the CLI prints and saves:
+    ``oa``, ``aa``, ``kappa`` (x100), ``per_class_accuracy``, ``confusion_matrix``, ``n_train``,
+    ``n_test``, ``timings_s``, ``peak_rss_mb``, ``config``, ``baselines``, plus the maps.
+    """
+    from .metrics import scores
+    from .pretrain import iter_pretrain
+    from .splits import make_split
+
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    gt = np.asarray(gt)
+    if gt.shape != tuple(cube.data.shape[:2]):
+        raise InputError(
+            f"the ground truth is {gt.shape[0]} x {gt.shape[1]} but the cube {cube.name!r} is "
+            f"{cube.data.shape[0]} x {cube.data.shape[1]}"
+        )
+    train_mask, test_mask = make_split(gt, split, seed=seed)
+    train_labels = np.where(train_mask, gt, 0)
+    if model is None:
+        t0 = time.perf_counter()
+        model = yield from forward(
+            iter_pretrain(cube, preset=preset, steps=pretrain_steps, device=device, seed=seed)
+        )
+        timings["pretrain"] = time.perf_counter() - t0
+    else:
+        timings["pretrain"] = 0.0
+    spec = spec or FeatureSpec()
+    with _cache_root(cache_dir) as root:
+        t0 = time.perf_counter()
+        store = yield from iter_features(model, cube, spec, device, root)
+        timings["features"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        bundle = yield from iter_train(
+            model,
+            cube,
+            train_labels,
+            spec,
+            class_names=class_names,
+            device=device,
+            seed=seed,
+            store=store,
+            **classifier_kwargs,
+        )
+        timings["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
+        timings["predict"] = time.perf_counter() - t0
+
+        test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))
+        labels = sorted(int(v) for v in np.unique(gt[gt > 0]))
+        y_pred = class_map[test_coords[:, 0], test_coords[:, 1]]
+        report = scores(y_test, y_pred, labels=labels)
+        report["baselines"] = yield from _iter_baselines(
+            baselines,
+            cube,
+            store,
+            gt,
+            train_mask,
+            test_coords,
+            y_test,
+            labels,
+            seed,
+            classifier_kwargs.get("k", 768),
+        )
+    timings["total"] = time.perf_counter() - t_start
+    report.update(
+        n_train=int(train_mask.sum()),
+        n_test=int(test_mask.sum()),
+        timings_s={k: round(v, 2) for k, v in timings.items()},
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        config={
+            "cube": cube.name,
+            "split": split,
+            "seed": seed,
+            "preset": model.config.get("preset"),
+            "pretrain_steps": model.config.get("step"),
+            "spec": spec.to_dict(),
+            "classifier": bundle.classifier.hyperparameters(),
+            "device": device,
+            "versions": _versions(),
+        },
+        class_map=class_map,
+        confidence=confidence,
+        train_mask=train_mask,
+        test_mask=test_mask,
+        bundle=bundle,
+    )
+    return report
+
+
+def _iter_baselines(
+    names: tuple[str, ...],
+    cube: Cube,
+    store: FeatureStore,
+    gt: np.ndarray,
+    train_mask: np.ndarray,
+    test_coords: np.ndarray,
+    y_test: np.ndarray,
+    labels: list[int],
+    seed: int,
+    k: int,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """The comparison heads on the same split: a linear probe on purified diffusion features and
+    spectral baselines on the raw spectra."""
+    from . import baselines as bl
+    from .metrics import scores
+
+    out: dict[str, Any] = {}
+    train_coords, y_train = labelled_pixels(np.where(train_mask, gt, 0))
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        if name == "linear":
+            model = bl.LinearProbe(k=k, seed=seed)
+            model.fit(*store.pixels(train_coords), y_train)
+            y_pred = model.predict(*store.pixels(test_coords))
+        elif name in ("svm", "rf"):
+            spectra = np.asarray(cube.data, dtype=np.float32)
+            x_train = spectra[train_coords[:, 0], train_coords[:, 1]]
+            x_test = spectra[test_coords[:, 0], test_coords[:, 1]]
+            cls = bl.SpectralSVM if name == "svm" else bl.SpectralRandomForest
+            model = cls(seed=seed)
+            model.fit(x_train, y_train)
+            y_pred = model.predict(x_test)
+        else:
+            raise InputError(f"unknown baseline {name!r}: choose from linear, svm, rf")
+        res = scores(y_test, y_pred, labels=labels)
+        res["time_s"] = round(time.perf_counter() - t0, 2)
+        out[name] = res
+        yield {"stage": "baselines", "step": i + 1, "total": len(names), "baseline": name}
+    return out
+
+
+def evaluate(*args: Any, callback: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Plain-function form of :func:`iter_evaluate`."""
+    return run(iter_evaluate(*args, **kwargs), callback)
+
+
+def _check_bands(model: DiffusionModel, cube: Cube) -> None:
+    n = model.preprocessor.n_bands
+    if cube.data.shape[2] != n:
+        raise InputError(
+            f"the cube {cube.name!r} has {cube.data.shape[2]} bands but the model was trained on "
+            f"cubes of {n} bands"
+        )
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    return {
+        "napari-mtmsd": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }

@@ -1,0 +1,96 @@
+"""Shared fixtures: the real data folder, and writers of small ENVI and MATLAB v7.3 files that do
+not go through the package (so readers are tested against independently made files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (real fixtures); skips when a checkout has no such folder."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real test data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+ENVI_CODES = {
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int16): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.float32): 4,
+    np.dtype(np.float64): 5,
+    np.dtype(np.complex64): 6,
+    np.dtype(np.complex128): 9,
+    np.dtype(np.uint16): 12,
+    np.dtype(np.uint32): 13,
+    np.dtype(np.int64): 14,
+    np.dtype(np.uint64): 15,
+}
+_LAYOUT = {"bsq": (2, 0, 1), "bil": (0, 2, 1), "bip": (0, 1, 2)}
+
+
+def write_envi_file(
+    path: Path,
+    cube: np.ndarray,
+    interleave: str = "bsq",
+    byte_order: int = 0,
+    offset: int = 0,
+    data_ext: str = ".img",
+    extra: str = "",
+) -> Path:
+    """Write ``cube`` (H, W, B) as raw ENVI by hand; return the header path."""
+    h, w, b = cube.shape
+    dtype = cube.dtype.newbyteorder("<" if byte_order == 0 else ">")
+    raw = np.ascontiguousarray(cube.transpose(_LAYOUT[interleave])).astype(dtype)
+    data = path.with_suffix(data_ext) if data_ext else path.with_suffix("")
+    data.write_bytes(b"\0" * offset + raw.tobytes())
+    hdr = path.with_suffix(".hdr")
+    hdr.write_text(
+        "ENVI\n"
+        f"samples = {w}\nlines = {h}\nbands = {b}\nheader offset = {offset}\n"
+        f"file type = ENVI Standard\ndata type = {ENVI_CODES[cube.dtype]}\n"
+        f"interleave = {interleave}\nbyte order = {byte_order}\n{extra}"
+    )
+    return hdr
+
+
+@pytest.fixture
+def envi_file() -> Callable[..., Path]:
+    return write_envi_file
+
+
+def write_mat73(path: Path, **arrays: np.ndarray) -> Path:
+    """A MATLAB v7.3 file as MATLAB writes it: 512-byte header, arrays transposed in HDF5."""
+    import h5py
+
+    classes = {"f8": "double", "f4": "single", "u1": "uint8", "u2": "uint16", "i2": "int16",
+               "i4": "int32", "u4": "uint32", "b1": "logical"}  # fmt: skip
+    with h5py.File(path, "w", userblock_size=512) as f:
+        for name, arr in arrays.items():
+            arr = np.asarray(arr)
+            ds = f.create_dataset(
+                name, data=np.atleast_2d(arr).T
+            )  # HDF5 holds MATLAB's axes reversed
+            ds.attrs["MATLAB_class"] = np.bytes_(classes[arr.dtype.str[1:]])
+    head = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created by: tests HDF5 schema 1.00 ."
+    with open(path, "r+b") as f:
+        f.write(head.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
+    return path
+
+
+@pytest.fixture
+def mat73_file() -> Callable[..., Path]:
+    return write_mat73
+
+
+@pytest.fixture
+def small_cube() -> np.ndarray:
+    """(7, 5, 4) uint16 with distinct values, so any axis mix-up shows."""
+    return np.arange(7 * 5 * 4, dtype=np.uint16).reshape(7, 5, 4) * 3 + 1

@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+
+from napari_mtmsd.classifier import CONFIG_FILE, WEIGHTS_FILE, MTMSDClassifier
+from napari_mtmsd.errors import InputError, ModelFileError
+
+
+def _problem(n=150, t=4, d=12, seed=0, dtype=np.float16):
+    """Three classes (labels 2, 5, 7) separable on a few channels at some timesteps."""
+    rng = np.random.default_rng(seed)
+    y = np.array([2, 5, 7])[rng.integers(0, 3, n)]
+    centre = rng.normal(size=(n, t, d))
+    glob = rng.normal(size=(n, t, d))
+    for j, c in enumerate((2, 5, 7)):
+        centre[y == c, 1, j] += 4.0
+        glob[y == c, 2, j + 3] += 4.0
+    return centre.astype(dtype), glob.astype(dtype), y
+
+
+def _small(**kw):
+    args = {"k": 8, "n_models": 3, "epochs": 25, "batch_size": 16, "seed": 3}
+    return MTMSDClassifier(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    centre, glob, y = _problem()
+    records = []
+    clf = _small().fit(centre, glob, y, callback=records.append)
+    return clf, records
+
+
+def test_learns_separable_problem(fitted):
+    clf, records = fitted
+    centre, glob, y = _problem(seed=1)  # fresh pixels from the same distribution
+    assert clf.classes_.tolist() == [2, 5, 7]
+    assert (clf.predict(centre, glob) == y).mean() > 0.9
+    proba = clf.predict_proba(centre, glob)
+    assert proba.shape == (len(y), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+    assert records[0]["stage"] == "train" and records[-1]["step"] <= records[-1]["total"]
+    assert records[-1]["loss"] < records[0]["loss"]
+
+
+def test_timestep_attention(fitted):
+    clf, _ = fitted
+    centre, glob, _ = _problem(n=20, seed=2)
+    attention = clf.timestep_attention(centre, glob)
+    assert attention.shape == (20, 4)
+    np.testing.assert_allclose(attention.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_deterministic_for_a_seed():
+    centre, glob, y = _problem(n=60)
+    a = _small(epochs=3).fit(centre, glob, y)
+    b = _small(epochs=3).fit(centre, glob, y)
+    c = _small(epochs=3, seed=4).fit(centre, glob, y)
+    np.testing.assert_array_equal(a.predict_proba(centre, glob), b.predict_proba(centre, glob))
+    assert not np.array_equal(a.predict_proba(centre, glob), c.predict_proba(centre, glob))
+
+
+def test_early_stop_freezes_members():
+    centre, glob, y = _problem(n=60)
+    clf = _small(epochs=40, patience=1, tol=0.5).fit(centre, glob, y)
+    assert max(clf.history_["epochs_run"]) < 40
+
+
+def test_majority_vote_breaks_ties_by_mean_probability(fitted, monkeypatch):
+    clf, _ = fitted
+    # 3 members: votes (class 0, class 1, class 2) -> tie; mean probability favours class 2
+    member = np.array(
+        [[[0.5, 0.2, 0.3]], [[0.1, 0.6, 0.3]], [[0.1, 0.1, 0.8]]], dtype=np.float32
+    )
+    monkeypatch.setattr(clf, "_member_outputs", lambda *a, **k: (member, None))
+    assert clf.predict(None, None).tolist() == [7]
+    member2 = np.array(
+        [[[0.5, 0.2, 0.3]], [[0.4, 0.3, 0.3]], [[0.0, 0.0, 1.0]]], dtype=np.float32
+    )
+    monkeypatch.setattr(clf, "_member_outputs", lambda *a, **k: (member2, None))
+    assert clf.predict(None, None).tolist() == [2]  # two votes beat a higher mean probability
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    clf, _ = fitted
+    centre, glob, _ = _problem(n=30, seed=5)
+    out = clf.save(tmp_path / "clf")
+    config = json.loads((out / CONFIG_FILE).read_text())
+    assert config["classes"] == [2, 5, 7]
+    assert len(config["purification"]["centre"]) == 8
+    assert config["hyperparameters"]["seed"] == 3 and "torch" in config["versions"]
+    loaded = MTMSDClassifier.load(out)
+    np.testing.assert_array_equal(loaded.predict_proba(centre, glob), clf.predict_proba(centre, glob))
+    np.testing.assert_array_equal(loaded.predict(centre, glob), clf.predict(centre, glob))
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_bad_files_raise_model_file_error(fitted, tmp_path):
+    clf, _ = fitted
+    with pytest.raises(ModelFileError, match="not found"):
+        MTMSDClassifier.load(tmp_path / "missing")
+    out = clf.save(tmp_path / "clf")
+    weights = (out / WEIGHTS_FILE).read_bytes()
+    (out / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(ModelFileError, match="corrupt weights"):
+        MTMSDClassifier.load(out)
+    out = clf.save(tmp_path / "clf")
+    (out / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt JSON"):
+        MTMSDClassifier.load(out)
+    out = clf.save(tmp_path / "clf")
+    config = json.loads((out / CONFIG_FILE).read_text())
+    config["k"] = 9  # weights no longer fit
+    (out / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="inconsistent"):
+        MTMSDClassifier.load(out)
+    config["format_version"] = 99
+    (out / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="format_version"):
+        MTMSDClassifier.load(out)
+
+
+def test_input_errors(fitted):
+    clf, _ = fitted
+    centre, glob, y = _problem(n=20)
+    with pytest.raises(InputError, match="at least 2"):
+        _small().fit(centre, glob, np.full(20, 3))
+    with pytest.raises(InputError, match="0 means unlabelled"):
+        _small().fit(centre, glob, np.where(y == 2, 0, y))
+    with pytest.raises(InputError, match="trained on T=4"):
+        clf.predict(centre[:, :3], glob[:, :3])
+    with pytest.raises(InputError, match="not trained"):
+        _small().predict(centre, glob)
+
+
+def test_k_larger_than_channels_is_clipped():
+    centre, glob, y = _problem(n=40, d=6)
+    with pytest.warns(UserWarning, match="clipped to 6"):
+        clf = _small(k=50, epochs=2).fit(centre, glob, y)
+    assert clf.k_ == 6 and sorted(clf.purification_["centre"].tolist()) == list(range(6))

