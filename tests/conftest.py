@@ -90,7 +90,24 @@ def mat73_file() -> Callable[..., Path]:
     return write_mat73
 
 
-@pytest.fixture
-def small_cube() -> np.ndarray:
-    """(7, 5, 4) uint16 with distinct values, so any axis mix-up shows."""
-    return np.arange(7 * 5 * 4, dtype=np.uint16).reshape(7, 5, 4) * 3 + 1
+# A small synthetic scene and a tiny pretrained model, built once per session and shared by the
+# feature, cache, pipeline and widget tests.
+
+
+@pytest.fixture(scope="session")
+def small_scene():
+    from napari_mtmsd.samples import synthetic_scene
+
+    return synthetic_scene(height=40, width=32, bands=30, n_classes=4, seed=1)
+
+
+@pytest.fixture(scope="session")
+def small_cube(small_scene):
+    return small_scene[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(small_cube):
+    from napari_mtmsd.pretrain import pretrain
+
+    return pretrain(small_cube, preset="tiny", steps=30, device="cpu", seed=0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from _fixtures_model import small_cube, small_scene, tiny_model  # noqa: F401
-
 import dataclasses
 
 import numpy as np

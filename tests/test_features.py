@@ -3,8 +3,6 @@ bounded memory."""
 
 from __future__ import annotations
 
-from _fixtures_model import small_cube, small_scene, tiny_model  # noqa: F401
-
 import json
 import subprocess
 import sys

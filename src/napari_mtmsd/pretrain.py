@@ -51,7 +51,7 @@ TRAINING: dict[str, dict[str, Any]] = {
         "ema": 0.9999,
         "checkpoint_every": 2000,
     },
-    "cpu": {"steps": 1000, "batch_size": 16, "lr": 5e-4, "ema": 0.995, "checkpoint_every": 250},
+    "cpu": {"steps": 800, "batch_size": 16, "lr": 5e-4, "ema": 0.995, "checkpoint_every": 200},
     "tiny": {"steps": 40, "batch_size": 8, "lr": 2e-3, "ema": 0.9, "checkpoint_every": 10},
 }
 WARMUP_STEPS = 100

@@ -1,0 +1,101 @@
+"""End-to-end jobs: train, predict, bundle round-trip, evaluate on a small synthetic scene."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_mtmsd.errors import InputError, ModelFileError
+from napari_mtmsd.features import FeatureSpec
+from napari_mtmsd.pipeline import ClassifierBundle, evaluate, predict, train
+
+SPEC = FeatureSpec(timesteps=(100, 400, 700), stages=(0, 1, 2), bf16=False)
+FAST = dict(n_models=2, epochs=15, k=16)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_model, small_scene, tmp_path_factory):
+    cube, gt = small_scene
+    labels = np.zeros_like(gt.data)
+    rng = np.random.default_rng(0)
+    for c in np.unique(gt.data[gt.data > 0]):
+        rr, cc = np.nonzero(gt.data == c)
+        pick = rng.choice(len(rr), size=min(15, len(rr)), replace=False)
+        labels[rr[pick], cc[pick]] = c
+    cache = tmp_path_factory.mktemp("cache")
+    return train(
+        tiny_model, cube, labels, SPEC, class_names=gt.class_names, colors=gt.colors,
+        device="cpu", cache_dir=cache, seed=0, **FAST,
+    ), cache
+
+
+def test_predict_whole_scene(bundle, small_scene):
+    (b, cache), (cube, gt) = bundle, small_scene
+    class_map, confidence = predict(b, cube, device="cpu", cache_dir=cache)
+    assert class_map.shape == confidence.shape == gt.data.shape
+    assert set(np.unique(class_map)) <= set(np.unique(gt.data[gt.data > 0]))
+    assert ((confidence > 0) & (confidence <= 1)).all()
+    # far better than chance on a scene with 4 well separated classes
+    assert (class_map == gt.data)[gt.data > 0].mean() > 0.6
+
+
+def test_bundle_round_trip(bundle, small_scene, tmp_path):
+    (b, cache), (cube, _) = bundle, small_scene
+    b.save(tmp_path / "clf")
+    loaded = ClassifierBundle.load(tmp_path / "clf")
+    assert loaded.spec == b.spec and loaded.class_names == b.class_names
+    np.testing.assert_array_equal(loaded.colors, b.colors)
+    a = predict(b, cube, device="cpu", cache_dir=cache)
+    c = predict(loaded, cube, device="cpu", cache_dir=cache)
+    np.testing.assert_array_equal(a[0], c[0])
+    np.testing.assert_allclose(a[1], c[1], rtol=1e-6)
+
+
+def test_bundle_errors(bundle, tmp_path):
+    b, _ = bundle
+    with pytest.raises(ModelFileError, match="no bundle.json"):
+        ClassifierBundle.load(tmp_path)
+    b.save(tmp_path / "clf")
+    info = json.loads((tmp_path / "clf" / "bundle.json").read_text())
+    (tmp_path / "clf" / "bundle.json").write_text(json.dumps({**info, "format_version": 99}))
+    with pytest.raises(ModelFileError, match="format 99"):
+        ClassifierBundle.load(tmp_path / "clf")
+    (tmp_path / "clf" / "bundle.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="corrupt"):
+        ClassifierBundle.load(tmp_path / "clf")
+
+
+def test_predict_rejects_cube_with_other_bands(bundle, small_scene):
+    import dataclasses
+
+    (b, _), (cube, _) = bundle, small_scene
+    other = dataclasses.replace(cube, data=np.asarray(cube.data)[:, :, :-3])
+    with pytest.raises(InputError, match="bands"):
+        predict(b, other, device="cpu")
+
+
+def test_train_needs_two_classes_and_matching_shape(tiny_model, small_cube):
+    labels = np.zeros(small_cube.data.shape[:2], np.int32)
+    labels[0, 0] = 1
+    with pytest.raises(InputError, match="at least 2 classes"):
+        train(tiny_model, small_cube, labels, SPEC)
+    with pytest.raises(InputError, match="training labels are"):
+        train(tiny_model, small_cube, labels[:-1], SPEC)
+
+
+def test_evaluate_end_to_end(small_scene, tmp_path):
+    """Pretraining included, on test pixels only, with the baselines beside it."""
+    cube, gt = small_scene
+    report = evaluate(
+        cube, gt.data, split="random:0.1", seed=827, preset="tiny", pretrain_steps=20,
+        device="cpu", spec=SPEC, cache_dir=False, baselines=("linear", "svm"), **FAST,
+    )
+    n_lab = int((gt.data > 0).sum())
+    assert report["n_train"] + report["n_test"] == n_lab
+    assert report["n_test"] == int(np.asarray(report["confusion_matrix"]).sum())
+    assert 0 <= report["oa"] <= 100 and report["oa"] > 40
+    assert set(report["timings_s"]) == {"pretrain", "features", "train", "predict", "total"}
+    assert set(report["baselines"]) == {"linear", "svm"}
+    assert not (report["train_mask"] & report["test_mask"]).any()
