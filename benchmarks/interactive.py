@@ -59,12 +59,12 @@ def main(argv: list[str] | None = None) -> dict:
     import napari
     import numpy as np
     import torch
-    from napari_mtmsd.pretrain import pretrain
     from qtpy.QtWidgets import QApplication
 
     from napari_mtmsd._qt import MTMSDWidget
     from napari_mtmsd._reader import cube_layers, labels_layer
     from napari_mtmsd.model import DiffusionModel
+    from napari_mtmsd.pretrain import pretrain
     from napari_mtmsd.samples import load_indian_pines
 
     torch.set_num_threads(args.threads)

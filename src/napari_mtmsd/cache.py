@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +86,15 @@ class FeatureStore:
     def nbytes(self) -> int:
         return int(self.centre.nbytes + self.glob.nbytes)
 
+    def chunks(self, size: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
+        """Raster-order runs of pixels: (flat index range, centre, glob), read sequentially."""
+        H, W = self.centre.shape[:2]
+        centre = self.centre.reshape(H * W, *self.centre.shape[2:])
+        glob = self.glob.reshape(H * W, *self.glob.shape[2:])
+        for s in range(0, H * W, size):
+            sl = slice(s, min(s + size, H * W))
+            yield sl, np.asarray(centre[sl]), np.asarray(glob[sl])
+
     def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Features of pixels (N, 2) -> centre, glob (N, T, D) float16, read from disk."""
         coords = np.asarray(coords)
@@ -131,17 +140,19 @@ def iter_build(
     H, W = cube.data.shape[:2]
     shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
     with atomic_dir(root / key) as tmp:
-        centre = np.lib.format.open_memmap(tmp / "centre.npy", "w+", np.float16, shape)
-        glob = np.lib.format.open_memmap(tmp / "global.npy", "w+", np.float16, shape)
+        out = {
+            name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float16, shape)
+            for name in ("centre", "global")
+        }
 
         def sink(tile: Tile, c: np.ndarray, g: np.ndarray) -> None:
             rs, cs = slice(*tile.rows), slice(*tile.cols)
-            centre[rs, cs], glob[rs, cs] = c, g
+            out["centre"][rs, cs], out["global"][rs, cs] = c, g
 
         yield from iter_scene(model, cube, spec, sink, device, memory_mb)
-        centre.flush()
-        glob.flush()
-        del centre, glob
+        for arr in out.values():
+            arr.flush()
+        out.clear()  # close the maps before the directory is renamed
         meta = {
             "format": FORMAT_VERSION,
             "key": key,

@@ -42,8 +42,9 @@ class MTMSDClassifier:
     """Purified centre/global diffusion features ``(N, T, D)`` -> class labels.
 
     ``k`` channels are kept per feature type (clipped to ``D`` with a warning). ``patience``
-    epochs without a relative improvement of ``tol`` in a member's mean training loss stop
-    that member. ``classes_`` holds the label values seen in ``fit``; ``predict`` returns them.
+    epochs in which a member's mean training loss does not fall below its best by more than
+    ``tol`` stop that member (a near-zero loss that still creeps down is "not improving").
+    ``classes_`` holds the label values seen in ``fit``; ``predict`` returns them.
     """
 
     def __init__(
@@ -55,7 +56,7 @@ class MTMSDClassifier:
         lr: float = 1e-3,
         min_lr: float = 5e-6,
         patience: int = 5,
-        tol: float = 1e-2,
+        tol: float = 1e-3,
         standardize: bool = True,
         lam: float = 0.8,
         timestep_weight: float = 0.5,
@@ -191,7 +192,7 @@ class MTMSDClassifier:
             curve.append(float(epoch_loss[active].mean()))
             for e in np.flatnonzero(active):
                 epochs_run[e], final_loss[e] = epoch + 1, epoch_loss[e]
-                if epoch_loss[e] < best[e] * (1.0 - self.tol):
+                if epoch_loss[e] < best[e] - self.tol:
                     best[e], wait[e] = epoch_loss[e], 0
                 else:
                     wait[e] += 1

@@ -59,6 +59,7 @@ class _BatchNorm(nn.Module):
         self.momentum, self.eps = momentum, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (E, B, C)
+        x = x.float()  # statistics in fp32, also under bf16 autocast
         if self.training:
             mean = x.mean(dim=1, keepdim=True)
             var = x.var(dim=1, unbiased=False, keepdim=True)

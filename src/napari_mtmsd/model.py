@@ -112,7 +112,7 @@ class DiffusionModel:
         return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
     def full_config(self) -> dict:
-        cfg = dict(self.config)
+        cfg = {k: v for k, v in self.config.items() if k != "path"}  # path: where it was loaded
         cfg.update(
             format_version=FORMAT_VERSION,
             architecture=self.unet.config.to_dict(),
@@ -243,6 +243,7 @@ class DiffusionModel:
             )
         unet.eval()
         keep = {k: v for k, v in cfg.items() if k != "files"}
+        keep["path"] = str(path)
         from .device import resolve_device
 
         return cls(unet.to(resolve_device(device)), schedule, pre, keep)

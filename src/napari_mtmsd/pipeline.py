@@ -123,8 +123,29 @@ def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, labels[coords[:, 0], coords[:, 1]].astype(np.int64)
 
 
+class PixelFeatures:
+    """Features of some pixels held in memory, with the same reading API as a whole-scene
+    ``cache.FeatureStore``: what patch mode (one window per pixel) produces."""
+
+    def __init__(self, coords: np.ndarray, centre: np.ndarray, glob: np.ndarray, shape: tuple):
+        self.coords, self.centre, self.glob, self.width = coords, centre, glob, shape[1]
+        self.flat = coords[:, 0] * shape[1] + coords[:, 1]
+        self.index = np.full(shape[0] * shape[1], -1, np.int64)
+        self.index[self.flat] = np.arange(len(coords))
+
+    def chunks(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for s in range(0, len(self.coords), size):
+            yield self.flat[s : s + size], self.centre[s : s + size], self.glob[s : s + size]
+
+    def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.index[coords[:, 0] * self.width + coords[:, 1]]
+        if (rows < 0).any():
+            raise InputError("features were computed only for the labelled pixels")
+        return self.centre[rows], self.glob[rows]
+
+
 @contextlib.contextmanager
-def _cache_root(cache_dir: str | Path | None | bool) -> Iterator[Path | None]:
+def _cache_root(cache_dir: str | Path | bool | None) -> Iterator[Path | None]:
     """``None``: the user cache; ``False``: a temp directory removed afterwards; else that path."""
     if cache_dir is False:
         with tempfile.TemporaryDirectory(prefix="napari-mtmsd-") as d:
@@ -160,7 +181,7 @@ def iter_train(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     seed: int = 0,
-    store: FeatureStore | None = None,
+    store: FeatureStore | PixelFeatures | None = None,
     **classifier_kwargs: Any,
 ) -> Generator[Progress, None, ClassifierBundle]:
     """Train the MTMSD heads on the labelled pixels of ``labels`` (H, W; 0 = unlabelled)."""
@@ -201,25 +222,22 @@ def iter_predict(
     cube: Cube,
     device: str = "auto",
     cache_dir: str | Path | None = None,
-    store: FeatureStore | None = None,
+    store: FeatureStore | PixelFeatures | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
-    """Class map (H, W) int32 (0 where the cube is invalid) and confidence (H, W) float32 (the
-    ensemble's mean softmax of the predicted class)."""
+    """Class map (H, W) int32 (0 where the cube is invalid or has no features) and confidence
+    (H, W) float32 (the ensemble's mean softmax of the predicted class)."""
     if store is None:
         store = yield from iter_features(bundle.model, cube, bundle.spec, device, cache_dir)
     H, W = cube.data.shape[:2]
     class_map = np.zeros(H * W, np.int32)
     confidence = np.zeros(H * W, np.float32)
-    centre = store.centre.reshape(H * W, *store.centre.shape[2:])
-    glob = store.glob.reshape(H * W, *store.glob.shape[2:])
     clf = bundle.classifier
-    total = -(-H * W // PREDICT_CHUNK)
-    for i, s in enumerate(range(0, H * W, PREDICT_CHUNK)):
-        sl = slice(s, s + PREDICT_CHUNK)
-        c, g = np.asarray(centre[sl]), np.asarray(glob[sl])
+    n = len(store.coords) if isinstance(store, PixelFeatures) else H * W
+    total = -(-n // PREDICT_CHUNK)
+    for i, (idx, c, g) in enumerate(store.chunks(PREDICT_CHUNK)):
         proba = clf.predict_proba(c, g)
-        class_map[sl] = clf.predict(c, g)
-        confidence[sl] = proba.max(1)
+        class_map[idx] = clf.predict(c, g)
+        confidence[idx] = proba.max(1)
         yield {"stage": "predict", "step": i + 1, "total": total}
     valid = np.asarray(cube.valid_mask()).reshape(-1)
     class_map[~valid], confidence[~valid] = 0, 0.0
@@ -246,7 +264,7 @@ def iter_evaluate(
     pretrain_steps: int | None = None,
     device: str = "auto",
     spec: FeatureSpec | None = None,
-    cache_dir: str | Path | None | bool = False,
+    cache_dir: str | Path | bool | None = False,
     baselines: tuple[str, ...] = ("linear", "svm", "rf"),
     class_names: list[str] | None = None,
     **classifier_kwargs: Any,
@@ -282,7 +300,14 @@ def iter_evaluate(
     spec = spec or FeatureSpec()
     with _cache_root(cache_dir) as root:
         t0 = time.perf_counter()
-        store = yield from iter_features(model, cube, spec, device, root)
+        if spec.mode == "patch":  # the reference: one window per pixel, labelled pixels only
+            from .features import iter_extract_pixels
+
+            coords, _ = labelled_pixels(gt)
+            c, g = yield from iter_extract_pixels(model, cube, coords, spec, device)
+            store = PixelFeatures(coords, c, g, gt.shape)
+        else:
+            store = yield from iter_features(model, cube, spec, device, root)
         timings["features"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -85,9 +85,11 @@ def parse_split(spec: str) -> SplitSpec:
 def make_split(gt: np.ndarray, spec: str, seed: int = 827) -> tuple[np.ndarray, np.ndarray]:
     """``(train, test)`` boolean ``(H, W)`` masks for ground truth ``gt`` (0 = unlabelled)."""
     gt = np.asarray(gt)
+    if gt.dtype.kind == "f" and np.all(np.isfinite(gt)) and np.all(gt == np.round(gt)):
+        gt = gt.astype(np.int64)  # label maps saved as doubles (common in .mat files)
     if gt.ndim != 2 or not np.issubdtype(gt.dtype, np.integer):
         raise InputError(
-            f"ground truth of shape {gt.shape}, dtype {gt.dtype}: expected (H, W) ints"
+            f"ground truth of shape {gt.shape}, dtype {gt.dtype}: expected (H, W) integer labels"
         )
     parsed = parse_split(spec)
     if not (gt > 0).any():

@@ -174,13 +174,19 @@ class Cube:
         chunks = row_chunks(self.shape, self.data.dtype.itemsize)
         for r0 in chunks:
             block = np.asarray(self.data[r0 : r0 + chunks.step])
-            ok = np.ones(block.shape[:2], dtype=bool)
-            if floating:
-                ok &= np.isfinite(block).all(axis=2)
-            if self.ignore_value is not None:
-                ok &= ~(block == self.ignore_value).all(axis=2)
-            mask[r0 : r0 + block.shape[0]] = ok
+            mask[r0 : r0 + block.shape[0]] = valid_pixels(block, self.ignore_value)
         return mask
+
+
+def valid_pixels(block: np.ndarray, ignore_value: float | None) -> np.ndarray:
+    """(h, w) bool for an (h, w, B) block: False where any band is NaN/Inf or every band equals
+    the ignore value."""
+    ok = np.ones(block.shape[:2], dtype=bool)
+    if np.issubdtype(block.dtype, np.floating):
+        ok &= np.isfinite(block).all(axis=2)
+    if ignore_value is not None:
+        ok &= ~(block == ignore_value).all(axis=2)
+    return ok
 
 
 @dataclass
