@@ -144,11 +144,10 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     printer = ProgressPrinter()
     from ._progress import run
 
-    try:
+    try:  # iter_pretrain writes the model directory itself (rank 0 only under torchrun)
         model = run(gen, lambda r: (keep(r), printer(r)))
     finally:
         printer.finish()
-    model.save(a.output)
     dt = time.perf_counter() - t0
     print(
         f"pretrained {a.preset} model ({model.config.get('n_parameters', 0) / 1e6:.2f} M "

@@ -116,6 +116,11 @@ class ClassifierBundle:
         )
 
 
+def default_k(n_channels: int) -> int:
+    """Channels kept by purification: the paper's share, 768 of 1280 (60 %)."""
+    return max(1, round(0.6 * n_channels))
+
+
 def labelled_pixels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(H, W) label map -> coords (N, 2) of labelled pixels (raster order) and their labels."""
     labels = np.asarray(labels)
@@ -204,6 +209,7 @@ def iter_train(
         store = yield from iter_features(model, cube, spec, device, cache_dir)
     centre, glob = store.pixels(coords)
     classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
+    classifier_kwargs.setdefault("k", default_k(centre.shape[-1]))
     clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
     yield from forward(clf.iter_fit(centre, glob, y))
     meta = {
@@ -342,7 +348,7 @@ def iter_evaluate(
             y_test,
             labels,
             seed,
-            classifier_kwargs.get("k", 768),
+            classifier_kwargs.get("k") or bundle.classifier.k,
         )
     timings["total"] = time.perf_counter() - t_start
     report.update(
