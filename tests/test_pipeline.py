@@ -71,7 +71,7 @@ def test_predict_rejects_cube_with_other_bands(bundle, small_scene):
     import dataclasses
 
     (b, _), (cube, _) = bundle, small_scene
-    other = dataclasses.replace(cube, data=np.asarray(cube.data)[:, :, :-3])
+    other = dataclasses.replace(cube, data=np.asarray(cube.data)[:, :, :-3], wavelengths=None)
     with pytest.raises(InputError, match="bands"):
         predict(b, other, device="cpu")
 

@@ -354,4 +354,7 @@ def test_close_viewer_mid_job(make_napari_viewer, scene, qtbot, errors):
 def test_manifest_opens_the_panel(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-mtmsd", "MTMSD workflow")
-    assert isinstance(widget, MTMSDWidget) and widget.viewer is viewer
+    assert isinstance(widget, MTMSDWidget)
+    viewer.add_image(np.zeros((5, 8, 8), np.float32), name="cube")  # napari hands us a proxy
+    assert widget.data.cube_combo.currentText() == "cube"
+    assert widget.data.cube_info.text() == "8 x 8 px, 5 bands"

@@ -235,13 +235,21 @@ class MTMSDClassifier:
 
     def predict(self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS) -> np.ndarray:
         """Labels ``(N,)`` by majority vote of the members; ties go to the highest mean probability."""
+        return self.predict_with_confidence(centre, glob, batch_size)[0]
+
+    def predict_with_confidence(
+        self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Voted labels ``(N,)`` and the mean probability of each voted label ``(N,)``, from one
+        pass of the ensemble (what a class map and its confidence map need)."""
         probs = self._member_outputs(centre, glob, batch_size)[0]
+        mean = probs.mean(axis=0)
         votes = np.zeros(probs.shape[1:], dtype=np.float64)
         for member in probs:
             votes[np.arange(len(member)), member.argmax(axis=1)] += 1.0
         # mean probabilities differ by less than 1, so halved they only break ties
-        winner = (votes + 0.5 * probs.mean(axis=0)).argmax(axis=1)
-        return self.classes_[winner]
+        winner = (votes + 0.5 * mean).argmax(axis=1)
+        return self.classes_[winner], mean[np.arange(len(winner)), winner]
 
     def timestep_attention(
         self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS
@@ -278,7 +286,14 @@ class MTMSDClassifier:
                 )
                 xb = _normalise(xb.to(device), norm["centre"])
                 gb = _normalise(gb.to(device), norm["glob"])
-                logits, weights = model(xb, gb, return_attention=True)
+                logits, weights = (
+                    model(xb, gb, return_attention=True)
+                    if attention
+                    else (
+                        model(xb, gb),
+                        None,
+                    )
+                )
                 probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
                 if attention:
                     attn.append(weights.mean(dim=(0, 3)).cpu().numpy())

@@ -241,9 +241,7 @@ def iter_predict(
     n = len(store.coords) if isinstance(store, PixelFeatures) else H * W
     total = -(-n // PREDICT_CHUNK)
     for i, (idx, c, g) in enumerate(store.chunks(PREDICT_CHUNK)):
-        proba = clf.predict_proba(c, g)
-        class_map[idx] = clf.predict(c, g)
-        confidence[idx] = proba.max(1)
+        class_map[idx], confidence[idx] = clf.predict_with_confidence(c, g)
         yield {"stage": "predict", "step": i + 1, "total": total}
     valid = np.asarray(cube.valid_mask()).reshape(-1)
     class_map[~valid], confidence[~valid] = 0, 0.0
