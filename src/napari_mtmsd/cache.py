@@ -25,7 +25,7 @@ import numpy as np
 
 from ._atomic import atomic_dir
 from ._progress import Progress
-from .features import FeatureSpec, Tile, feature_dim, iter_scene
+from .features import FeatureSpec, Tile, effective_bf16, feature_dim, iter_scene
 
 if TYPE_CHECKING:
     import torch
@@ -53,13 +53,16 @@ def cube_hash(cube: Cube) -> str:
     return h.hexdigest()
 
 
-def cache_key(model: DiffusionModel, cube: Cube, spec: FeatureSpec) -> str:
+def cache_key(
+    model: DiffusionModel, cube: Cube, spec: FeatureSpec, device: str | torch.device = "auto"
+) -> str:
     payload = json.dumps(
         {
             "format": FORMAT_VERSION,
             "model": model.fingerprint(),
             "cube": cube_hash(cube),
             "spec": spec.to_dict(),
+            "bf16": effective_bf16(model, spec, device),
         },
         sort_keys=True,
     )
@@ -108,10 +111,14 @@ class FeatureStore:
 
 
 def lookup(
-    model: DiffusionModel, cube: Cube, spec: FeatureSpec, root: str | os.PathLike | None = None
+    model: DiffusionModel,
+    cube: Cube,
+    spec: FeatureSpec,
+    root: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
 ) -> FeatureStore | None:
     """The complete entry for these inputs, or None. A damaged entry is removed and missed."""
-    path = Path(root or default_root()) / cache_key(model, cube, spec)
+    path = Path(root or default_root()) / cache_key(model, cube, spec, device)
     if not (path / "meta.json").is_file():
         return None
     try:
@@ -132,11 +139,11 @@ def iter_build(
     """Whole-scene dense features into the cache (a hit returns at once) -> the entry."""
     spec = spec or FeatureSpec()
     root = Path(root or default_root())
-    hit = lookup(model, cube, spec, root)
+    hit = lookup(model, cube, spec, root, device)
     if hit is not None:
         yield {"stage": "features", "step": 1, "total": 1, "cached": True}
         return hit
-    key = cache_key(model, cube, spec)
+    key = cache_key(model, cube, spec, device)
     H, W = cube.data.shape[:2]
     shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
     with atomic_dir(root / key) as tmp:

@@ -71,7 +71,7 @@ class ProgressPrinter:
 
 
 def _fmt_s(s: float) -> str:
-    s = int(round(s))
+    s = round(s)
     return f"{s // 60}:{s % 60:02d}"
 
 
@@ -89,26 +89,9 @@ def _run(gen: Any) -> Any:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .io import describe, load_input
+    from .io import describe
 
-    if a.input.startswith("sample:"):
-        cube, gt = load_input(a.input, key=a.key)
-        info = {
-            "name": cube.name,
-            "shape": list(cube.data.shape),
-            "dtype": str(cube.data.dtype),
-            "bands": int(cube.data.shape[2]),
-        }
-        if cube.wavelengths is not None:
-            info["wavelength_range"] = [
-                float(cube.wavelengths.min()),
-                float(cube.wavelengths.max()),
-            ]
-            info["wavelength_units"] = cube.wavelength_units
-        if gt is not None:
-            info["ground_truth_classes"] = int(len(np.unique(gt.data[gt.data > 0])))
-    else:
-        info = describe(a.input, key=a.key)
+    info = describe(a.input, key=a.key)
     if a.json:
         print(json.dumps(info, indent=1, default=str))
     else:
@@ -339,6 +322,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     )
     _print_report(report, gt.class_names)
     _save_report(report, out / "report.json", out, gt.class_names, gt.colors)
+    report["bundle"].save(out / "classifier")
+    print(f"classifier (with its diffusion model) -> {out / 'classifier'}")
     return 0
 
 

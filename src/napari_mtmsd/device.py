@@ -8,11 +8,12 @@ later) and on CPUs with AVX-512-BF16 or AMX. Elsewhere bf16 is emulated and slow
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 
-from .errors import DeviceError
+from .errors import DeviceError, InputError
 
 DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
 
@@ -88,3 +89,26 @@ def autocast(device: torch.device | str, enabled: bool = True) -> Iterator[None]
             yield
     else:
         yield
+
+
+def use_bf16(device: torch.device, model_channels: int) -> bool:
+    """bf16 autocast where it pays: CUDA with bf16, and CPUs with native bf16 for U-Nets of 64+
+    base channels. On an AVX-512-BF16 CPU (no AMX) the 32-channel ``cpu`` preset measured 0.87x
+    the fp32 speed (GroupNorm and conversions dominate) and a 64-channel one 1.9x."""
+    if not bf16_supported(device):
+        return False
+    return device.type == "cuda" or model_channels >= 64
+
+
+def cpu_threads(requested: int | None = None) -> int:
+    """Intra-op threads for CPU training. ``None``: torch's default, but 1 when the machine is
+    already busy (1-minute load average >= cores): OpenMP threads that must wait for each
+    other at every op then stall. Measured on 2 shared cores at load ~7: the ``cpu`` preset
+    ran at 21 samples/s with 1 thread and 5 with 2 (idle: 61 with 2)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise InputError(f"num_threads must be a positive integer, got {requested}")
+        return int(requested)
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
+    return 1 if busy else torch.get_num_threads()

@@ -47,7 +47,7 @@ class FeatureSpec:
 
     ``tile`` is the dense U-Net input size (pixels, rounded up to the U-Net's stride); ``margin``
     the context kept beyond each pixel's window inside a tile; ``bf16`` allows bf16 autocast
-    where the device runs it natively (features then differ from fp32 in the third digit).
+    where it pays (see ``device.use_bf16``; features then differ from fp32 in the third digit).
     """
 
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
@@ -88,6 +88,17 @@ class FeatureSpec:
             raise InputError(
                 f"stages {bad_s} do not exist: this U-Net has decoder blocks 0..{n_blocks - 1}"
             )
+
+
+def effective_bf16(
+    model: DiffusionModel, spec: FeatureSpec, device: str | torch.device = "auto"
+) -> bool:
+    """Whether features are computed under bf16 autocast: allowed by ``spec.bf16`` and paying on
+    this device for this network (``device.use_bf16``). Part of the cache key."""
+    from .device import resolve_device, use_bf16
+
+    dev = resolve_device(device) if isinstance(device, str) else device
+    return bool(spec.bf16 and use_bf16(dev, model.unet.config.model_channels))
 
 
 def feature_dim(model: DiffusionModel, spec: FeatureSpec) -> int:
@@ -176,6 +187,7 @@ class _Runner:
         spec.validate(model)
         self.model, self.spec, self.memory_mb = model, spec, memory_mb
         self.device = resolve_device(device) if isinstance(device, str) else device
+        self.bf16 = effective_bf16(model, spec, self.device)
         self.unet = model.unet.to(self.device).eval()
         self.window = int(model.patch_size)
         ab = torch.as_tensor(np.asarray(model.schedule.alphas_cumprod), dtype=torch.float64)
@@ -212,7 +224,7 @@ class _Runner:
         xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)
         t = self.t[ti].repeat(n)
         xt = xt.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, enabled=self.spec.bf16):
+        with torch.inference_mode(), autocast(self.device, enabled=self.bf16):
             return self.unet.forward_features(xt, t, self.spec.stages)
 
 

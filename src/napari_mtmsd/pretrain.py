@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import _progress
-from .device import autocast, bf16_supported, resolve_device
+from .device import autocast, bf16_supported, cpu_threads, resolve_device, use_bf16
 from .errors import DeviceError, InputError, ModelFileError
 from .model import RESUME, DiffusionModel
 from .preprocess import Preprocessor, as_cube
@@ -66,29 +66,6 @@ def cube_sha256(cube: Any) -> str:
     for r0 in range(0, data.shape[0], step):
         h.update(np.ascontiguousarray(np.asarray(data[r0 : r0 + step])).tobytes())
     return h.hexdigest()
-
-
-def use_bf16(device: torch.device, model_channels: int) -> bool:
-    """bf16 autocast where it pays: CUDA with bf16, and CPUs with native bf16 for U-Nets of 64+
-    base channels. On an AVX-512-BF16 CPU (no AMX) the 32-channel ``cpu`` preset measured 0.87x
-    the fp32 speed (GroupNorm and conversions dominate) and a 64-channel one 1.9x."""
-    if not bf16_supported(device):
-        return False
-    return device.type == "cuda" or model_channels >= 64
-
-
-def _cpu_threads(requested: int | None) -> int:
-    """Intra-op threads for CPU training. ``None``: torch's default, but 1 when the machine is
-    already busy (1-minute load average >= cores): OpenMP threads that must wait for each
-    other at every op then stall. Measured on 2 shared cores at load ~7: the ``cpu`` preset
-    ran at 21 samples/s with 1 thread and 5 with 2 (idle: 61 with 2)."""
-    if requested is not None:
-        if int(requested) < 1:
-            raise InputError(f"num_threads must be a positive integer, got {requested}")
-        return int(requested)
-    cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores
-    return 1 if busy else torch.get_num_threads()
 
 
 @dataclasses.dataclass
@@ -175,7 +152,7 @@ def iter_pretrain(
     to it); ``batch_size`` is the global batch. ``precision``: ``"auto"`` (bf16 autocast where it
     pays, see ``use_bf16``), ``"bf16"`` (wherever supported) or ``"fp32"``. Checkpoints go to
     ``out_dir`` every ``checkpoint_every`` steps, at the end and when the generator is closed.
-    ``num_threads``: CPU threads while training (default: see ``_cpu_threads``).
+    ``num_threads``: CPU threads while training (default: see ``device.cpu_threads``).
     """
     cube = as_cube(cube)
     given = {
@@ -197,7 +174,7 @@ def iter_pretrain(
     try:
         dev = resolve_device(device)
         if dev.type == "cpu":
-            torch.set_num_threads(_cpu_threads(num_threads))
+            torch.set_num_threads(cpu_threads(num_threads))
         if dist_info.world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", dist_info.local_rank)
             torch.cuda.set_device(dev)

@@ -48,6 +48,7 @@ class LayerCombo(QComboBox):
         self._accept = accept
         self._none_text = none_text
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(8)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):

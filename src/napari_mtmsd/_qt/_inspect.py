@@ -70,9 +70,10 @@ class InspectSection(QWidget):
         self.session = session
         self.features_btn = QPushButton("Show features")
         self.features_btn.setToolTip("an Image layer with dims timestep, channel, y, x")
-        self.pca_btn = QPushButton("PCA to RGB per timestep")
+        self.pca_btn = QPushButton("PCA to RGB")
+        self.pca_btn.setToolTip("3 principal components of the features, per timestep, as colours")
         self.attention_btn = QPushButton("Timestep attention")
-        self.spectrum_box = QCheckBox("spectrum under the cursor")
+        self.spectrum_box = QCheckBox("spectrum at cursor")
         self.info = QLabel("extract features (Classify) to inspect them")
         self.info.setWordWrap(True)
         self.attention = PlotCanvas(height=2.2)
