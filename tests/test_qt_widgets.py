@@ -358,3 +358,21 @@ def test_manifest_opens_the_panel(make_napari_viewer):
     viewer.add_image(np.zeros((5, 8, 8), np.float32), name="cube")  # napari hands us a proxy
     assert widget.data.cube_combo.currentText() == "cube"
     assert widget.data.cube_info.text() == "8 x 8 px, 5 bands"
+
+
+def test_plain_array_band_axis_and_spectrum(widget, scene):
+    w, viewer, cube = widget, widget.viewer, scene[0]
+    hwb = np.asarray(cube.data)[:, :20]  # (32, 20, 12): rows, cols, bands
+    viewer.add_image(hwb, name="plain")
+    w.data.cube_combo.setCurrentText("plain")
+    w.data.band_axis.setCurrentIndex(2)
+    assert w.data.cube_info.text() == "32 x 20 px, 12 bands"
+    assert w.session.cube().data.shape == (32, 20, 12)
+
+    w.inspect.spectrum_box.setChecked(True)
+    assert w.inspect.on_mouse in viewer.mouse_move_callbacks
+    viewer.cursor.position = (0, 5, 7)
+    w.inspect.on_mouse(viewer, None)
+    np.testing.assert_allclose(w.inspect.spectrum.values, hwb[5, 7])
+    w.inspect.spectrum_box.setChecked(False)
+    assert w.inspect.on_mouse not in viewer.mouse_move_callbacks
