@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     # 4. inspect: PCA of the features per timestep, and the timestep attention per class
     widget.inspect.show_pca()
     wait()
-    viewer.dims.set_current_step(0, 3)
+    viewer.dims.set_current_step(0, 1)  # t = 100: fine detail still visible
     widget.inspect.show_attention()
     wait()
     shot("05_inspect", "4.")

@@ -76,7 +76,13 @@ def test_entry_without_meta_is_a_miss(tiny_model, small_cube, root):
     assert cache.lookup(tiny_model, small_cube, SPEC, root) is None
 
 
-def test_clear(tiny_model, small_cube, root):
-    run(cache.iter_build(tiny_model, small_cube, SPEC, root, device="cpu"))
-    cache.clear(root)
-    assert cache.disk_usage(root) == 0
+def test_entries_and_clear(tiny_model, small_cube, root, capsys):
+    from napari_mtmsd.cli import main
+
+    store = run(cache.iter_build(tiny_model, small_cube, SPEC, root, device="cpu"))
+    (entry,) = cache.entries(root)
+    assert entry["path"] == str(store.path) and entry["shape"] == store.centre.shape
+    assert main(["cache", "--cache-dir", str(root)]) == 0
+    assert "1 entries" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", str(root), "--clear"]) == 0
+    assert cache.disk_usage(root) == 0 and cache.entries(root) == []

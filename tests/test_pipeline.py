@@ -55,7 +55,7 @@ def test_bundle_round_trip(bundle, small_scene, tmp_path):
 
 def test_bundle_errors(bundle, tmp_path):
     b, _ = bundle
-    with pytest.raises(ModelFileError, match="no bundle.json"):
+    with pytest.raises(ModelFileError, match=r"no bundle\.json"):
         ClassifierBundle.load(tmp_path)
     b.save(tmp_path / "clf")
     info = json.loads((tmp_path / "clf" / "bundle.json").read_text())

@@ -371,7 +371,7 @@ def test_plain_array_band_axis_and_spectrum(widget, scene):
 
     w.inspect.spectrum_box.setChecked(True)
     assert w.inspect.on_mouse in viewer.mouse_move_callbacks
-    viewer.cursor.position = (0, 5, 7)
+    viewer.cursor.position = (5, 7, 3)  # (row, col, band) of this layer
     w.inspect.on_mouse(viewer, None)
     np.testing.assert_allclose(w.inspect.spectrum.values, hwb[5, 7])
     w.inspect.spectrum_box.setChecked(False)

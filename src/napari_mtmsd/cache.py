@@ -173,6 +173,27 @@ def iter_build(
     return FeatureStore(root / key)
 
 
+def entries(root: str | os.PathLike | None = None) -> list[dict]:
+    """The complete entries: path, cube name and shape, feature shape, size in MB."""
+    root = Path(root or default_root())
+    out = []
+    for meta_file in sorted(root.glob("*/meta.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        size = sum(f.stat().st_size for f in meta_file.parent.iterdir() if f.is_file())
+        out.append(
+            {
+                "path": str(meta_file.parent),
+                "cube": meta["cube"]["name"],
+                "shape": tuple(meta["shape"]),
+                "size_mb": size / 2**20,
+            }
+        )
+    return out
+
+
 def disk_usage(root: str | os.PathLike | None = None) -> int:
     """Bytes used by the cache, incomplete temp directories included."""
     root = Path(root or default_root())

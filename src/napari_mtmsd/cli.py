@@ -255,6 +255,20 @@ def cmd_predict(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(a: argparse.Namespace) -> int:
+    from . import cache
+
+    root = Path(a.cache_dir) if a.cache_dir else cache.default_root()
+    entries = cache.entries(root)
+    for e in entries:
+        print(f"{e['size_mb']:10.1f} MB  {e['cube']} {e['shape']}  {e['path']}")
+    print(f"{cache.disk_usage(root) / 2**20:10.1f} MB  in {root} ({len(entries)} entries)")
+    if a.clear:
+        cache.clear(root)
+        print(f"cleared {root}")
+    return 0
+
+
 def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     kw = {}
     for name in ("k", "n_models", "epochs"):
@@ -283,6 +297,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             model=model,
             preset=a.preset,
             pretrain_steps=a.steps,
+            pretrain_seed=a.pretrain_seed,
             device=a.device,
             spec=_spec(a),
             cache_dir=a.cache_dir if a.cache_dir else False,
@@ -315,6 +330,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
             seed=a.seed,
             preset=a.preset,
             pretrain_steps=a.steps,
+            pretrain_seed=a.pretrain_seed,
             device=a.device,
             cache_dir=False,
             class_names=gt.class_names,
@@ -471,10 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--split", default="random:0.1", help="random:F | per-class:N | blocks:K | mask:TRAIN,TEST"
     )
-    sp.add_argument("--seed", type=int, default=827)
+    sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
     sp.add_argument("--model", help="model directory (default: pretrain one with --preset)")
     sp.add_argument("--preset", default="cpu", choices=PRESETS)
     sp.add_argument("--steps", type=int, help="pretraining steps when no --model")
+    sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
     sp.add_argument("--baselines", default="linear,svm,rf", help="comma list, '' for none")
     sp.add_argument("--json", help="write the report here")
     sp.add_argument("--png", help="write class map and confusion matrix PNGs here")
@@ -482,12 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
     classifier(sp)
     common(sp)
 
+    sp = add("cache", cmd_cache, "show the feature cache's entries and disk use; --clear frees it")
+    sp.add_argument("--cache-dir", help="cache directory (default ~/.cache/napari-mtmsd)")
+    sp.add_argument("--clear", action="store_true", help="remove every entry")
+
     sp = add("demo", cmd_demo, "the main job: MTMSD on the embedded Indian Pines scene")
     sp.add_argument("-o", "--output", default="mtmsd-demo", help="output directory")
     sp.add_argument("--split", default="random:0.1")
-    sp.add_argument("--seed", type=int, default=827)
+    sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
     sp.add_argument("--preset", default="cpu", choices=PRESETS)
     sp.add_argument("--steps", type=int, help="pretraining steps (default: the preset's)")
+    sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
     common(sp, key=False)
     return p
 

@@ -266,6 +266,7 @@ def iter_evaluate(
     model: DiffusionModel | None = None,
     preset: str = "cpu",
     pretrain_steps: int | None = None,
+    pretrain_seed: int = 0,
     device: str = "auto",
     spec: FeatureSpec | None = None,
     cache_dir: str | Path | bool | None = False,
@@ -275,7 +276,8 @@ def iter_evaluate(
 ) -> Generator[Progress, None, dict[str, Any]]:
     """The whole method on one cube with ground truth, scored on test pixels only.
 
-    Pretrains first when no ``model`` is given. Returns the report the CLI prints and saves:
+    Pretrains first when no ``model`` is given, with ``pretrain_seed``: pretraining sees no labels,
+    so its seed is independent of the split's ``seed``. Returns the report the CLI prints and saves:
     ``oa``, ``aa``, ``kappa`` (x100), ``per_class_accuracy``, ``confusion_matrix``, ``n_train``,
     ``n_test``, ``timings_s``, ``peak_rss_mb``, ``config``, ``baselines``, plus the maps.
     """
@@ -296,7 +298,9 @@ def iter_evaluate(
     if model is None:
         t0 = time.perf_counter()
         model = yield from forward(
-            iter_pretrain(cube, preset=preset, steps=pretrain_steps, device=device, seed=seed)
+            iter_pretrain(
+                cube, preset=preset, steps=pretrain_steps, device=device, seed=pretrain_seed
+            )
         )
         timings["pretrain"] = time.perf_counter() - t0
     else:
@@ -360,6 +364,7 @@ def iter_evaluate(
             "seed": seed,
             "preset": model.config.get("preset"),
             "pretrain_steps": model.config.get("step"),
+            "pretrain_seed": model.config.get("seed"),
             "spec": spec.to_dict(),
             "classifier": bundle.classifier.hyperparameters(),
             "device": device,
