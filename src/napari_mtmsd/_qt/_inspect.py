@@ -18,7 +18,7 @@ from ._layers import show_image
 
 FEATURES_LAYER = "features"
 PCA_LAYER = "features PCA (RGB)"
-PCA_FIT_PIXELS = 20_000  # pixels sampled to fit each timestep's 3 components
+PCA_FIT_PIXELS = 5_000  # pixels sampled to fit each timestep's 3 components (display only)
 
 
 def iter_pca_rgb(
@@ -36,9 +36,12 @@ def iter_pca_rgb(
     out = np.empty((n_t, h, w, 3), np.float32)
     for ti in range(n_t):
         x = np.asarray(centre[:, :, ti, :], dtype=np.float32).reshape(h * w, d)
-        mean = x[pick].mean(axis=0)
-        _, _, vt = np.linalg.svd(x[pick] - mean, full_matrices=False)
-        comps = vt[:3]
+        sample = x[pick]
+        mean = sample.mean(axis=0)
+        sample -= mean
+        # leading eigenvectors of the D x D scatter matrix: ~10x faster than an SVD of the sample
+        _, vectors = np.linalg.eigh(sample.T @ sample)
+        comps = vectors[:, ::-1][:, :3].T.copy()
         comps *= np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])[:, None]
         y = (x - mean) @ comps.T
         lo, hi = np.percentile(y, [1, 99], axis=0)
