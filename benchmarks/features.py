@@ -24,31 +24,21 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _machine import matmul_gflops
 from napari_mtmsd._progress import run
 from napari_mtmsd.device import bf16_supported, resolve_device
-from napari_mtmsd.features import FeatureSpec, iter_extract_pixels, iter_scene, plan_tiles
+from napari_mtmsd.features import (
+    FeatureSpec,
+    effective_bf16,
+    iter_extract_pixels,
+    iter_scene,
+    plan_tiles,
+)
 from napari_mtmsd.model import DiffusionModel
 from napari_mtmsd.preprocess import Preprocessor
 from napari_mtmsd.samples import load_indian_pines
 from napari_mtmsd.schedule import NoiseSchedule
 from napari_mtmsd.unet import PRESETS, UNet
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def fresh_model(cube, preset: str, seed: int = 0) -> DiffusionModel:
@@ -144,7 +134,7 @@ def main() -> None:
         "flop_ratio": round(flops_patch / flops_dense, 1),
         "gflops_achieved": round(flops_dense * H * W / t_dense / 1e9, 1),
         "matmul_gflops": {"fp32": round(mm32, 1), "bf16": round(mm16, 1)},
-        "bf16_autocast": bf16_supported(device),
+        "bf16_autocast": effective_bf16(model, dense, device),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "cosine_dense_vs_patch": {
             "stages": list(dense.stages),

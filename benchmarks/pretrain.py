@@ -23,6 +23,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _machine import matmul_gflops, sync
 from napari_mtmsd._atomic import write_text
 from napari_mtmsd.device import autocast, bf16_supported, resolve_device
 from napari_mtmsd.schedule import NoiseSchedule
@@ -30,23 +31,6 @@ from napari_mtmsd.unet import PRESETS, UNet
 
 #: Batches per device kind: on a 2-core CPU one paper-preset step of 32 patches takes minutes.
 BATCH = {"cpu": {"cpu": 16, "paper": 2}, "cuda": {"cpu": 64, "paper": 32}}
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def bench(preset: str, bf16: bool, device: torch.device, steps: int, batch: int) -> dict:

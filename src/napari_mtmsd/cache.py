@@ -42,17 +42,6 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "napari-mtmsd" / "features"
 
 
-def cube_hash(cube: Cube) -> str:
-    """Hash of the cube's values (read row block by row block), shape, dtype and ignore value."""
-    data = cube.data
-    h = hashlib.blake2b(digest_size=16)
-    h.update(repr((tuple(data.shape), str(data.dtype), cube.ignore_value)).encode())
-    rows = max(1, (64 << 20) // max(1, data.shape[1] * data.shape[2] * data.dtype.itemsize))
-    for r in range(0, data.shape[0], rows):
-        h.update(np.ascontiguousarray(data[r : r + rows]).tobytes())
-    return h.hexdigest()
-
-
 def cache_key(
     model: DiffusionModel, cube: Cube, spec: FeatureSpec, device: str | torch.device = "auto"
 ) -> str:
@@ -60,7 +49,8 @@ def cache_key(
         {
             "format": FORMAT_VERSION,
             "model": model.fingerprint(),
-            "cube": cube_hash(cube),
+            "cube": cube.sha256(),
+            "ignore_value": cube.ignore_value,
             "spec": spec.to_dict(),
             "bf16": effective_bf16(model, spec, device),
         },

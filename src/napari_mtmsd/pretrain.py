@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Generator
@@ -56,16 +55,6 @@ TRAINING: dict[str, dict[str, Any]] = {
 }
 WARMUP_STEPS = 100
 GRAD_CLIP = 1.0
-
-
-def cube_sha256(cube: Any) -> str:
-    """sha256 of a cube's shape, dtype and values, read one row chunk at a time."""
-    data = cube.data
-    h = hashlib.sha256(f"{tuple(data.shape)}|{np.dtype(data.dtype).str}|".encode())
-    step = max(1, (32 << 20) // max(1, int(np.prod(data.shape[1:])) * data.dtype.itemsize))
-    for r0 in range(0, data.shape[0], step):
-        h.update(np.ascontiguousarray(np.asarray(data[r0 : r0 + step])).tobytes())
-    return h.hexdigest()
 
 
 @dataclasses.dataclass
@@ -204,7 +193,7 @@ def iter_pretrain(
 def _train(
     cube, preset, given, dev, seed, out_dir, resume, compile, precision, max_pixels, dist_info
 ) -> Generator[dict[str, Any], None, DiffusionModel]:
-    source = {"name": str(cube.name), "shape": list(cube.shape), "sha256": cube_sha256(cube)}
+    source = {"name": str(cube.name), "shape": list(cube.shape), "sha256": cube.sha256()}
     state = None
     if resume and out_dir is not None and (out_dir / RESUME).is_file():
         state, base = _load_resume(out_dir, source, preset, seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,6 +161,15 @@ class Cube:
         if units in {"", "unknown"} and self.wavelengths.max() < 30:
             return self.wavelengths * 1000.0
         return self.wavelengths
+
+    def sha256(self) -> str:
+        """Hash of the shape, dtype and values, read a row chunk at a time: identifies the cube a
+        model was pretrained on and keys the feature cache."""
+        h = hashlib.sha256(f"{self.shape}|{np.dtype(self.data.dtype).str}|".encode())
+        chunks = row_chunks(self.shape, self.data.dtype.itemsize)
+        for r0 in chunks:
+            h.update(np.ascontiguousarray(np.asarray(self.data[r0 : r0 + chunks.step])).tobytes())
+        return h.hexdigest()
 
     def valid_mask(self) -> np.ndarray:
         """(H, W) bool: False where any band is NaN/Inf or every band equals the ignore value.
