@@ -158,13 +158,19 @@ def _cube_candidates(variables: list[Var]) -> list[Var]:
     return sorted(cands, key=lambda v: -v.size)
 
 
-def read_cube(path: Path, key: str | None = None) -> Cube:
+def _inventory(path: Path) -> tuple[list[Var], dict[str, Any]]:
+    """The file's variables (none: InputError) and the metadata every layer from it carries."""
     variables = list_variables(path)
     if not variables:
         raise InputError(f"{path}: the MATLAB file holds no variables")
     meta: dict[str, Any] = {"format": f"mat-v{'7.3' if version(path) == 73 else '5'}"}
     meta["path"] = str(path)
     meta["variables"] = [str(v) for v in variables]
+    return variables, meta
+
+
+def read_cube(path: Path, key: str | None = None) -> Cube:
+    variables, meta = _inventory(path)
     cands = _cube_candidates(variables)
     if key is not None:
         chosen = _pick_key(path, variables, key)
@@ -259,12 +265,7 @@ def _colors(path: Path, variables: list[Var]) -> np.ndarray | None:
 
 
 def read_labels(path: Path, key: str | None = None) -> LabelMap:
-    variables = list_variables(path)
-    if not variables:
-        raise InputError(f"{path}: the MATLAB file holds no variables")
-    meta: dict[str, Any] = {"format": f"mat-v{'7.3' if version(path) == 73 else '5'}"}
-    meta["path"] = str(path)
-    meta["variables"] = [str(v) for v in variables]
+    variables, meta = _inventory(path)
     if key is not None:
         v = _pick_key(path, variables, key)
         arr = _as_labels(_load(path, v.name)) if v.numeric else None
