@@ -35,7 +35,10 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "classifier.json"
 WEIGHTS_FILE = "weights.safetensors"
 #: Rows per chunk when computing channel statistics and predicting (bounded memory).
-_ROWS = 4096
+# Pixels per inference batch. The (members, pixels, timesteps, k) intermediates of a small batch
+# stay in the CPU caches: predicting all of Indian Pines (5 members, k = 192) took 4.2 s at 256
+# rows against 15.6 s at 4096 on this project's 2-core machine.
+_ROWS = 256
 
 
 class MTMSDClassifier:
