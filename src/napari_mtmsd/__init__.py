@@ -21,8 +21,7 @@ _API = {
     "load_input": "io",
     "load_indian_pines": "samples",
     "synthetic_scene": "samples",
-    "pretrain": "pretrain",
-    "iter_pretrain": "pretrain",
+    "iter_pretrain": "pretrain",  # (`pretrain` itself: napari_mtmsd.pretrain is its module)
     "DiffusionModel": "model",
     "FeatureSpec": "features",
     "extract_pixels": "features",
