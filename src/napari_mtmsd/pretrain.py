@@ -167,21 +167,27 @@ def iter_pretrain(
         if dist_info.world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", dist_info.local_rank)
             torch.cuda.set_device(dev)
-        return (
-            yield from _train(
-                cube,
-                preset,
-                given,
-                dev,
-                int(seed),
-                out_dir,
-                resume,
-                compile,
-                precision,
-                max_pixels,
-                dist_info,
-            )
+        model = yield from _train(
+            cube,
+            preset,
+            given,
+            dev,
+            int(seed),
+            out_dir,
+            resume,
+            compile,
+            precision,
+            max_pixels,
+            dist_info,
         )
+        if dist_info.world > 1:
+            # rank 0 may still be writing the model: a rank that tore the group down meanwhile
+            # made the other abort at exit ("terminate called without an active exception").
+            # Only on success: after a failure the other rank may never arrive.
+            import torch.distributed as dist
+
+            dist.barrier()
+        return model
     finally:
         torch.set_num_threads(threads_before)
         if dist_info.owned:
