@@ -78,6 +78,7 @@ class JobRunner(QObject):
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._worker = None
+        self._stopping = False
         self._name = ""
         self._t0 = 0.0
         self.last_error: BaseException | None = None
@@ -115,12 +116,15 @@ class JobRunner(QObject):
         self._name = name
         self.last_error = None
         self._t0 = time.perf_counter()
+        self._stopping = False
         worker = create_worker(_relay, gen, _progress={"desc": name})
         self._worker = worker
         pbar = worker.pbar
 
         def on_yield(record: Record) -> None:
-            if not isinstance(record, dict):
+            # records queued by the thread can arrive after a Stop or after the job ended: they
+            # must not overwrite "stopping..." or "stopped" with a stale progress line
+            if not isinstance(record, dict) or self._stopping or self._worker is not worker:
                 return
             step, total = int(record.get("step", 0)), int(record.get("total", 0))
             if total and pbar.total != total:
@@ -179,6 +183,7 @@ class JobRunner(QObject):
     def stop(self) -> None:
         """Ask the running job to stop at its next yield (at least once a second of work)."""
         if self._worker is not None:
+            self._stopping = True
             self._worker.quit()
             self.message.emit(f"{self._name}: stopping...")
 
