@@ -28,7 +28,6 @@ import numpy as np
 
 from ._progress import Progress, forward
 from .errors import InputError
-from .io._types import valid_pixels
 
 if TYPE_CHECKING:
     import torch
@@ -132,9 +131,7 @@ def read_window(model: DiffusionModel, cube: Cube, r0: int, c0: int, h: int, w: 
     c_lo, c_hi = int(cols.min()), int(cols.max()) + 1
     block = np.asarray(cube.data[r_lo:r_hi, c_lo:c_hi])
     block = block[rows - r_lo][:, cols - c_lo]
-    x = model.preprocessor.transform(block)
-    x[~valid_pixels(block, cube.ignore_value)] = 0.0
-    x = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    x = model.prepare(dataclasses.replace(cube, data=block, wavelengths=None))
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 

@@ -98,15 +98,19 @@ class DiffusionModel:
         self.unet.to(device)
         return self
 
-    def prepare(self, cube: Any) -> np.ndarray:
-        """(H, W, C) float32 model input; invalid pixels (NaN, ignore value) become 0."""
-        cube = as_cube(cube)
+    def check_bands(self, cube: Any) -> None:
+        """InputError unless ``cube`` has the band count this model was pretrained on."""
         if cube.n_bands != self.n_bands:
             source = self.config.get("source", {}).get("name", "?")
             raise InputError(
                 f"{cube.name} has {cube.n_bands} bands but this model was pretrained on cubes "
                 f"with {self.n_bands} bands (source: {source})"
             )
+
+    def prepare(self, cube: Any) -> np.ndarray:
+        """(H, W, C) float32 model input; invalid pixels (NaN, ignore value) become 0."""
+        cube = as_cube(cube)
+        self.check_bands(cube)
         x = self.preprocessor.transform(cube.data, name=cube.name)
         x[~np.asarray(cube.valid_mask(), dtype=bool)] = 0.0
         return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)

@@ -170,7 +170,7 @@ def iter_features(
     """Whole-scene features, from the cache or computed into it."""
     from .cache import iter_build
 
-    _check_bands(model, cube)
+    model.check_bands(cube)
     return (
         yield from iter_build(model, cube, spec or FeatureSpec(), cache_dir, device, memory_mb)
     )
@@ -424,15 +424,6 @@ def _iter_baselines(
 def evaluate(*args: Any, callback: Any = None, **kwargs: Any) -> dict[str, Any]:
     """Plain-function form of :func:`iter_evaluate`."""
     return run(iter_evaluate(*args, **kwargs), callback)
-
-
-def _check_bands(model: DiffusionModel, cube: Cube) -> None:
-    n = model.preprocessor.n_bands
-    if cube.data.shape[2] != n:
-        raise InputError(
-            f"the cube {cube.name!r} has {cube.data.shape[2]} bands but the model was trained on "
-            f"cubes of {n} bands"
-        )
 
 
 def _versions() -> dict[str, str]:
