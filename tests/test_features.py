@@ -89,10 +89,23 @@ def test_noise_field_is_independent_of_tiling():
     assert not np.array_equal(F.noise_field(3, 0, 0, 8, 8, 5), F.noise_field(3, 0, 0, 8, 8, 6))
 
 
-def test_box_mean_matches_avg_pool():
-    x = torch.randn(2, 3, 30, 41, dtype=torch.float64)
-    want = torch.nn.functional.avg_pool2d(x, 8, stride=1)
-    torch.testing.assert_close(F._box_mean(x, 8), want)
+@pytest.mark.parametrize("hs,ws", [(60, 60), (30, 15), (15, 60)])
+def test_separable_operators_equal_upsample_then_window_mean(hs, ws):
+    # centre = the bilinearly upsampled map at the served pixels; global = the mean of the
+    # upsampled map over each served pixel's window (window // 2 before it, as in patch mode)
+    nn = torch.nn.functional
+    m = torch.randn(2, 3, hs, ws)
+    H, W, P = 60, 60, 8
+    rows, cols = slice(10, 45), slice(4, 56)
+    up = nn.interpolate(m, size=(H, W), mode="bilinear", align_corners=False)
+    pooled = nn.avg_pool2d(up, P, stride=1)  # pooled[i] = mean of up[i : i + P]
+    want_c = up[:, :, rows, cols].permute(2, 3, 0, 1)
+    want_g = pooled[:, :, rows.start - P // 2 : rows.stop - P // 2,
+                    cols.start - P // 2 : cols.stop - P // 2].permute(2, 3, 0, 1)  # fmt: skip
+    rc, rg = F._axis_operators(hs, H, rows, P)
+    cc, cg = F._axis_operators(ws, W, cols, P)
+    torch.testing.assert_close(F._separable(m, rc, cc), want_c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(F._separable(m, rg, cg), want_g, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("H,W,tile", [(145, 145, 256), (145, 145, 96), (31, 200, 64), (1, 1, 64)])

@@ -156,14 +156,44 @@ def noise_field(C: int, r0: int, c0: int, h: int, w: int, seed: int) -> np.ndarr
 # The U-Net pass: noised inputs at every timestep -> upsampled stage maps -> centre and global.
 
 
-def _box_mean(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Mean over ``size x size`` windows (stride 1, valid) by cumulative sums: O(1) per pixel."""
+def _axis_operators(
+    n_in: int, n_out: int, served: slice, window: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of a tile: the rows of the bilinear upsampling ``n_in -> n_out``
+    (``F.interpolate``, ``align_corners=False``) at the served pixels, and of the mean of that
+    upsampled axis over each served pixel's ``window``: two ``(n_served, n_in)`` matrices.
+
+    Upsampling and box mean are linear and separable, so a stage map ``M (.., n_in, n_in)``
+    gives its centre features as ``Rc M Cc^T`` and its global features as ``Rg M Cg^T``: small
+    matrix products that never build the full-size upsampled map (most of a tile's work
+    otherwise: a 228 x 228 map of every channel, for 145 x 145 served pixels).
+    """
+    import torch
     import torch.nn.functional as F
 
-    c = F.pad(x.cumsum(-2), (0, 0, 1, 0))
-    x = (c[..., size:, :] - c[..., :-size, :]) / size
-    c = F.pad(x.cumsum(-1), (1, 0))
-    return (c[..., size:] - c[..., :-size]) / size
+    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # source positions as channels
+    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T  # (n_out, n_in)
+    c = F.pad(up.cumsum(0), (0, 0, 1, 0))
+    box = (c[window:] - c[:-window]) / window  # row j: mean of upsampled rows j .. j + window - 1
+    start = served.start - window // 2  # a served pixel's window starts window // 2 before it
+    glob = box[start : start + served.stop - served.start]
+    return up[served].float(), glob.float()
+
+
+def _separable(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows M cols^T`` for every map of ``m (nt, Cs, hs, ws)``, as an ``(h, w, nt, Cs)`` view
+    (the caller's one copy into the feature array does the transpose).
+
+    Computed channels-last (the U-Net's own layout), rows first: one large matmul per
+    timestep, then a batched one; 1.6x faster than along the contiguous layout here.
+    """
+    import torch
+
+    nt, cs, hs, ws = m.shape
+    m = m.permute(0, 2, 3, 1).float()  # (nt, hs, ws, Cs): contiguous for a channels-last map
+    t = torch.stack([rows @ m[i].reshape(hs, ws * cs) for i in range(nt)])  # (nt, h, ws * Cs)
+    t = t.view(nt, rows.shape[0], ws, cs)
+    return torch.matmul(cols, t).permute(1, 2, 0, 3)  # (nt, h, w, Cs) -> (h, w, nt, Cs)
 
 
 class _Runner:
@@ -333,28 +363,36 @@ def _iter_tile(
     # served pixel p (scene) is at tile index p - r0; its window starts at p - r0 - P // 2
     ri = slice(tile.rows[0] - tile.r0, tile.rows[1] - tile.r0)
     ci = slice(tile.cols[0] - tile.c0, tile.cols[1] - tile.c0)
-    bi = slice(ri.start - P // 2, ri.stop - P // 2)
-    bj = slice(ci.start - P // 2, ci.stop - P // 2)
     h, w = ri.stop - ri.start, ci.stop - ci.start
     shape = (h, w, nT, runner.D) if mask is None else (int(mask.sum()), nT, runner.D)
     centre = np.empty(shape, np.float16)
     glob = np.empty(shape, np.float16)
+    outputs = (torch.from_numpy(centre), torch.from_numpy(glob))  # views: writes land in both
     sel = None if mask is None else torch.from_numpy(mask.reshape(-1)).to(runner.device)
     bt = runner.batch(1, tile.h, tile.w)
     n_batches = math.ceil(nT / bt)
+    ops: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}  # (hs, ws) -> Rc, Rg, Cc, Cg
     for k, t0 in enumerate(range(0, nT, bt)):
         ti = slice(t0, min(t0 + bt, nT))
         d0 = 0
         for m in runner.stage_maps(x0, noise, ti):
-            up = _upsample(m, tile.h, tile.w)  # (nt, Cs, H, W)
+            hs, ws = m.shape[-2:]
+            if (hs, ws) not in ops:
+                r = _axis_operators(hs, tile.h, ri, P)
+                c = _axis_operators(ws, tile.w, ci, P)
+                ops[hs, ws] = tuple(o.to(runner.device) for o in (*r, *c))
+            rc, rg, cc, cg = ops[hs, ws]
             d1 = d0 + m.shape[1]
-            for out, f in ((centre, up[:, :, ri, ci]), (glob, _box_mean(up, P)[:, :, bi, bj])):
-                f = f.permute(2, 3, 0, 1)  # (h, w, nt, Cs)
+            full_size = (hs, ws) == (tile.h, tile.w)  # then the centre is a plain crop
+            for out, glob_ in zip(outputs, (False, True), strict=True):
+                if full_size and not glob_:
+                    f = m[:, :, ri, ci].permute(2, 3, 0, 1)
+                else:
+                    f = _separable(m, rg, cg) if glob_ else _separable(m, rc, cc)
                 if sel is not None:
                     f = f.reshape(h * w, *f.shape[2:])[sel]
-                out[..., ti, d0:d1] = f.to(torch.float16).cpu().numpy()
+                out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
             d0 = d1
-            del up
         yield {"stage": "features", "step": k + 1, "total": n_batches}
     return centre, glob
 
