@@ -148,3 +148,39 @@ def test_k_larger_than_channels_is_clipped():
     with pytest.warns(UserWarning, match="clipped to 6"):
         clf = _small(k=50, epochs=2).fit(centre, glob, y)
     assert clf.k_ == 6 and sorted(clf.purification_["centre"].tolist()) == list(range(6))
+
+
+def test_warm_start_continues_from_a_classifier(fitted):
+    clf, _ = fitted
+    before = clf.predict_proba(*_problem(n=30, seed=2)[:2])
+    centre, glob, y = _problem(n=180, seed=5)
+    # more pixels of the same classes: the continuation fits them
+    warm = _small(epochs=3).fit(centre, glob, y, warm_start=clf)
+    assert warm.history_["warm_start"] and max(warm.history_["epochs_run"]) <= 3
+    for key in ("centre", "glob"):  # purification and statistics are the warm start's
+        np.testing.assert_array_equal(warm.purification_[key], clf.purification_[key])
+    assert warm.k_ == clf.k_ and warm.classes_.tolist() == clf.classes_.tolist()
+    assert (warm.predict(centre, glob) == y).mean() > 0.9
+    # the warm start itself is left untouched
+    np.testing.assert_array_equal(clf.predict_proba(*_problem(n=30, seed=2)[:2]), before)
+    # zero-progress continuation = the same model: weights start exactly from the warm start's
+    same = _small(epochs=1, lr=1e-12, min_lr=1e-12).fit(centre, glob, y, warm_start=clf)
+    before_state, after_state = clf.model_.state_dict(), same.model_.state_dict()
+    for name, a in before_state.items():
+        b = after_state[name]
+        if "running" not in name:  # batch-norm statistics move with every batch
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+def test_warm_start_mismatch_is_explained(fitted):
+    clf, _ = fitted
+    centre, glob, y = _problem(n=60, seed=5)
+    assert clf.warm_start_mismatch(centre, glob, y, 3) is None
+    y2 = y.copy()
+    y2[y2 == 7] = 5
+    assert "classes" in clf.warm_start_mismatch(centre, glob, y2, 3)
+    assert "features" in clf.warm_start_mismatch(centre[:, :3], glob[:, :3], y, 3)
+    assert "ensemble" in clf.warm_start_mismatch(centre, glob, y, 5)
+    assert "not trained" in _small().warm_start_mismatch(centre, glob, y, 3)
+    with pytest.raises(InputError, match=r"cannot continue.*classes"):
+        _small(epochs=1).fit(centre, glob, y2, warm_start=clf)

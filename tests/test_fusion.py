@@ -70,3 +70,31 @@ def test_bad_shapes():
     x, g = _inputs(k=7)
     with pytest.raises(ValueError, match="expected"):
         model(x, g)
+
+
+def test_predict_logits_equals_forward_in_eval_mode():
+    # The fast inference path (folded step linears, one g-matmul per timestep) is the same
+    # function as forward: checked with non-trivial batch-norm statistics and biases.
+    gen = torch.Generator().manual_seed(3)
+    model = SelectiveFusion(k=8, n_timesteps=5, n_classes=3, n_members=3, generator=gen)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            buf.copy_(torch.rand(buf.shape, generator=gen) + (0.5 if "var" in name else -0.5))
+    model.eval()
+    x, g = _inputs(b=7)
+    expected = model(x, g)
+    torch.testing.assert_close(model.predict_logits(x, g), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.predict_logits(x, g, model.folded()), expected)
+    with pytest.raises(ValueError, match="expected"):
+        model.predict_logits(x[:, :4], g[:, :4])
+    with pytest.raises(RuntimeError, match="eval"):
+        model.train().predict_logits(x, g)
+
+
+def test_predict_logits_in_bf16_is_close_to_float32():
+    model = SelectiveFusion(k=8, n_timesteps=5, n_classes=3, n_members=2).eval()
+    x, g = _inputs(b=7)
+    exact = model.predict_logits(x, g)
+    fast = model.predict_logits(x, g, model.folded(bf16=True))
+    assert fast.dtype == torch.float32
+    torch.testing.assert_close(fast, exact, rtol=0.05, atol=0.05)

@@ -252,14 +252,31 @@ def test_whole_workflow(widget, scene, qtbot, tmp_path, monkeypatch, errors):
     n_test = int(((gt.data > 0) & (np.asarray(layer.data) == 0)).sum())
     assert f"on {n_test} test pixels" in w.classify.scores_info.text()
 
-    # paint more where it is wrong, then Update: retrains on cached features
+    # paint more where it is wrong, then Update: continues the classifier on cached features
     wrong = np.argwhere((np.asarray(pred.data) != gt.data) & (np.asarray(layer.data) == 0))
     r, c = wrong[0] if len(wrong) else (0, 0)
     _paint(layer, slice(r, r + 1), slice(c, c + 1), int(gt.data[r, c]))
+    w.classify.update_epochs.setValue(2)
     w.classify.update_prediction()
     wait_job(qtbot, w)
     assert w.session.bundle is not first and not errors
     assert w.session.bundle.meta["n_train"] == int((np.asarray(layer.data) > 0).sum())
+    clf = w.session.bundle.classifier
+    assert clf.history_["warm_start"] and max(clf.history_["epochs_run"]) <= 2
+    np.testing.assert_array_equal(
+        clf.purification_["glob"], first.classifier.purification_["glob"]
+    )
+    assert w.status.text().startswith("Update: done")
+
+    # a class erased: the classes changed, so Update trains afresh (and says so)
+    saved_labels = np.asarray(layer.data).copy()
+    layer.data = np.where(saved_labels == 3, 0, saved_labels)
+    w.classify.update_prediction()
+    wait_job(qtbot, w)
+    clf = w.session.bundle.classifier
+    assert not clf.history_["warm_start"] and clf.classes_.tolist() == [1, 2], errors
+    assert w.status.text().startswith("Update (full training): done")
+    layer.data = saved_labels
 
     # live mode: a stroke triggers an update after the debounce delay
     w.classify.live.setChecked(True)

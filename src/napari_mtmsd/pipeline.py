@@ -187,9 +187,14 @@ def iter_train(
     cache_dir: str | Path | None = None,
     seed: int = 0,
     store: FeatureStore | PixelFeatures | None = None,
+    warm_start: ClassifierBundle | None = None,
     **classifier_kwargs: Any,
 ) -> Generator[Progress, None, ClassifierBundle]:
-    """Train the MTMSD heads on the labelled pixels of ``labels`` (H, W; 0 = unlabelled)."""
+    """Train the MTMSD heads on the labelled pixels of ``labels`` (H, W; 0 = unlabelled).
+
+    With ``warm_start`` (a bundle for which :func:`warm_start_mismatch` finds nothing) training
+    continues from its heads instead of starting afresh: the interactive "Update".
+    """
     from .classifier import MTMSDClassifier
 
     spec = spec or FeatureSpec()
@@ -205,13 +210,20 @@ def iter_train(
             f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
             f"{len(np.unique(y))} class(es)"
         )
+    if warm_start is not None:
+        reason = warm_start_mismatch(warm_start, model, spec, labels)
+        if reason is not None:
+            raise InputError(f"cannot continue from the current classifier: {reason}")
+        classifier_kwargs.setdefault("n_models", warm_start.classifier.n_models)
     if store is None:
         store = yield from iter_features(model, cube, spec, device, cache_dir)
     centre, glob = store.pixels(coords)
     classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
     classifier_kwargs.setdefault("k", default_k(centre.shape[-1]))
     clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
-    yield from forward(clf.iter_fit(centre, glob, y))
+    yield from forward(
+        clf.iter_fit(centre, glob, y, None if warm_start is None else warm_start.classifier)
+    )
     meta = {
         "seed": seed,
         "labels_hash": labels_hash(labels),
@@ -221,6 +233,23 @@ def iter_train(
         "versions": _versions(),
     }
     return ClassifierBundle(model, spec, clf, class_names, colors, meta)
+
+
+def warm_start_mismatch(
+    bundle: ClassifierBundle, model: DiffusionModel, spec: FeatureSpec, labels: np.ndarray
+) -> str | None:
+    """Why training on ``labels`` cannot continue from ``bundle`` (None when it can): same
+    diffusion model, same feature spec and the same set of classes are needed."""
+    if bundle.model is not model and bundle.model.fingerprint() != model.fingerprint():
+        return "it was trained on another diffusion model"
+    if bundle.spec != spec:
+        return "it was trained on other features (timesteps, stages or mode)"
+    classes = np.unique(np.asarray(labels))
+    classes = classes[classes > 0]
+    known = np.asarray(bundle.classifier.classes_)
+    if not np.array_equal(classes, known):
+        return f"the labels hold classes {classes.tolist()}, the classifier knows {known.tolist()}"
+    return None
 
 
 def iter_predict(

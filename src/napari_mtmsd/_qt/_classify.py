@@ -27,6 +27,7 @@ from ._layers import is_cube_layer, show_image, show_labels
 PREDICTION_LAYER = "prediction"
 CONFIDENCE_LAYER = "confidence"
 LIVE_DELAY_MS = 700  # after the last paint stroke; strokes in between restart the wait
+UPDATE_EPOCHS = 5  # an Update continues from the current classifier (docs/user_guide.md)
 
 
 def parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -80,11 +81,21 @@ class ClassifySection(QWidget):
         self.n_models.setRange(1, 20)
         self.epochs = QSpinBox()
         self.epochs.setRange(1, 10_000)
+        self.epochs.setToolTip("epochs of a full training (Train & predict)")
         self._classifier_defaults()
+        self.update_epochs = QSpinBox()
+        self.update_epochs.setRange(1, 10_000)
+        self.update_epochs.setValue(UPDATE_EPOCHS)
+        self.update_epochs.setToolTip(
+            "epochs of an Update: it continues from the current classifier (same classes and "
+            "features), so a few are enough; otherwise it trains afresh with 'epochs'"
+        )
         self.extract_btn = QPushButton("Extract features")
         self.train_btn = QPushButton("Train && predict")
         self.update_btn = QPushButton("Update")
-        self.update_btn.setToolTip("retrain on the cached features from the current labels")
+        self.update_btn.setToolTip(
+            "continue training the current classifier on the current labels (cached features)"
+        )
         self.live = QCheckBox("live update")
         self.live.setToolTip("update by itself shortly after each paint stroke")
         self.cache_info = QLabel("features: not extracted")
@@ -106,6 +117,7 @@ class ClassifySection(QWidget):
         form.addRow("stages", self.stages)
         form.addRow("ensemble", self.n_models)
         form.addRow("epochs", self.epochs)
+        form.addRow("update epochs", self.update_epochs)
         grid = QGridLayout()
         grid.addWidget(self.extract_btn, 0, 0)
         grid.addWidget(self.train_btn, 0, 1)
@@ -278,11 +290,12 @@ class ClassifySection(QWidget):
         self._train(require_cache=False)
 
     def update_prediction(self) -> None:
-        """Retrain from the current labels on cached features and show the new prediction."""
-        self._train(require_cache=True)
+        """Continue training from the current labels on cached features and show the new
+        prediction (a full training when the classes or the features changed)."""
+        self._train(require_cache=True, update=True)
 
-    def _train(self, require_cache: bool) -> None:
-        from napari_mtmsd.pipeline import iter_predict, iter_train
+    def _train(self, require_cache: bool, update: bool = False) -> None:
+        from napari_mtmsd.pipeline import iter_predict, iter_train, warm_start_mismatch
 
         from ._data import _error
 
@@ -301,6 +314,22 @@ class ClassifySection(QWidget):
             return
         names, colors = list(self.session.class_names), self.session.colors.copy()
         device, kwargs, key = self._device(), self.classifier_kwargs(), self._inputs_key()
+        name, warm = "Train and predict", None
+        if update:
+            bundle = self.session.bundle
+            reason = (
+                "no classifier yet"
+                if bundle is None
+                else warm_start_mismatch(bundle, model, spec, labels)
+            )
+            if reason is None:
+                name, warm = "Update", bundle
+                kwargs = {"epochs": self.update_epochs.value()}
+            else:
+                name = "Update (full training)"
+                from napari.utils.notifications import show_info
+
+                show_info(f"Update trains a new classifier: {reason}")
 
         def job() -> Any:
             from napari_mtmsd.pipeline import iter_features
@@ -317,6 +346,7 @@ class ClassifySection(QWidget):
                 colors=colors,
                 device=device,
                 store=store,
+                warm_start=warm,
                 **kwargs,
             )
             class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
@@ -332,7 +362,7 @@ class ClassifySection(QWidget):
             self.session.bundle_changed.emit()
             self.session.features_changed.emit()
 
-        self.session.runner.start("Train and predict", job(), on_done)
+        self.session.runner.start(name, job(), on_done)
 
     def show_prediction(
         self,
