@@ -99,3 +99,21 @@ def test_evaluate_end_to_end(small_scene, tmp_path):
     assert set(report["timings_s"]) == {"pretrain", "features", "train", "predict", "total"}
     assert set(report["baselines"]) == {"linear", "svm"}
     assert not (report["train_mask"] & report["test_mask"]).any()
+
+
+def test_train_can_continue_from_a_bundle(bundle, small_scene, tiny_model):
+    from napari_mtmsd.pipeline import warm_start_mismatch
+
+    (b, cache), (cube, gt) = bundle, small_scene
+    labels = np.where(np.random.default_rng(1).random(gt.data.shape) < 0.2, gt.data, 0)
+    assert warm_start_mismatch(b, tiny_model, SPEC, labels) is None
+    cont = train(tiny_model, cube, labels, SPEC, device="cpu", cache_dir=cache, warm_start=b,
+                 epochs=2)  # fmt: skip
+    assert cont.classifier.history_["warm_start"] and cont.classifier.n_models == FAST["n_models"]
+    assert cont.meta["n_train"] == int((labels > 0).sum())
+    other = FeatureSpec(timesteps=(100, 400), stages=(0, 1, 2), bf16=False)
+    assert "other features" in warm_start_mismatch(b, tiny_model, other, labels)
+    fewer = np.where(labels == labels.max(), 0, labels)
+    assert "classes" in warm_start_mismatch(b, tiny_model, SPEC, fewer)
+    with pytest.raises(InputError, match="cannot continue"):
+        train(tiny_model, cube, fewer, SPEC, device="cpu", cache_dir=cache, warm_start=b)
