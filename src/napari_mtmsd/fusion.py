@@ -189,9 +189,9 @@ class SelectiveFusion(nn.Module):
         dtype = w_g.dtype  # float32, or bf16
         a = torch.bmm(g.transpose(0, 1).to(dtype), w_g).view(n_t, b, e, k)  # (T, B, E, k)
         a += torch.bmm(z.to(dtype), w_fold).view(e, b, n_t, k).add_(b_fold).permute(2, 1, 0, 3)
-        attention = torch.softmax(a, dim=0)  # over timesteps
-        v = (attention * x.transpose(0, 1).unsqueeze(2).to(dtype)).sum(dim=0, dtype=torch.float32)
-        v = v.transpose(0, 1)  # (E, B, k)
+        a = torch.softmax(a, dim=0)  # attention over timesteps
+        a *= x.transpose(0, 1).unsqueeze(2).to(dtype)  # in place: one pass less over (T, B, E, k)
+        v = a.sum(dim=0).float().transpose(0, 1)  # (E, B, k); bf16 sums accumulate in float32
         h = self.head_bn1(F.relu(self.head1(v)))
         h = self.head_bn2(F.relu(self.head2(h)))
         return self.head3(h)
