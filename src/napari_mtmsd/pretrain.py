@@ -284,6 +284,9 @@ def _train(
             "world_size": dist_info.world,
             "n_parameters": unet.n_parameters,
             "device": dev.type,
+            # floating-point sums run in another order on another thread count: the same seed
+            # reproduces a model bit for bit only with the same number of threads
+            "num_threads": torch.get_num_threads() if dev.type == "cpu" else None,
             "preprocessing": {
                 "method": "pca+standardise",
                 "n_components": C,
