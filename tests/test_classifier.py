@@ -175,12 +175,13 @@ def test_warm_start_continues_from_a_classifier(fitted):
 def test_warm_start_mismatch_is_explained(fitted):
     clf, _ = fitted
     centre, glob, y = _problem(n=60, seed=5)
-    assert clf.warm_start_mismatch(centre, glob, y, 3) is None
+    assert clf.warm_start_mismatch(y, 3, centre, glob) is None
+    assert clf.warm_start_mismatch(y) is None
     y2 = y.copy()
     y2[y2 == 7] = 5
-    assert "classes" in clf.warm_start_mismatch(centre, glob, y2, 3)
-    assert "features" in clf.warm_start_mismatch(centre[:, :3], glob[:, :3], y, 3)
-    assert "ensemble" in clf.warm_start_mismatch(centre, glob, y, 5)
-    assert "not trained" in _small().warm_start_mismatch(centre, glob, y, 3)
+    assert "classes" in clf.warm_start_mismatch(y2, 3, centre, glob)
+    assert "features" in clf.warm_start_mismatch(y, 3, centre[:, :3], glob[:, :3])
+    assert "ensemble" in clf.warm_start_mismatch(y, 5, centre, glob)
+    assert "not trained" in _small().warm_start_mismatch(y, 3, centre, glob)
     with pytest.raises(InputError, match=r"cannot continue.*classes"):
         _small(epochs=1).fit(centre, glob, y2, warm_start=clf)

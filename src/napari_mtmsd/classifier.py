@@ -145,23 +145,29 @@ class MTMSDClassifier:
             torch.set_num_threads(before)
 
     def warm_start_mismatch(
-        self, centre: np.ndarray, glob: np.ndarray, y: np.ndarray, n_models: int
+        self,
+        y: np.ndarray,
+        n_models: int | None = None,
+        centre: np.ndarray | None = None,
+        glob: np.ndarray | None = None,
     ) -> str | None:
         """Why this fitted classifier cannot be the warm start of a fit on these inputs (None
-        when it can): it must know exactly the classes of ``y`` and the features' shape."""
+        when it can): it must know exactly the classes of ``y`` and, where given, have the
+        ensemble size and the features' shape."""
         if self.model_ is None:
             return "it is not trained"
         classes = np.unique(np.asarray(y))
         if not np.array_equal(classes, self.classes_):
             return (
-                f"the labels hold classes {classes.tolist()}, the classifier "
+                f"the labels hold classes {classes.tolist()}, the classifier knows "
                 f"{self.classes_.tolist()}"
             )
-        got = (centre.shape[1], centre.shape[2], glob.shape[2])
-        want = (self.n_timesteps_, self.n_channels_["centre"], self.n_channels_["glob"])
-        if got != want:
-            return f"features with (T, D, D) = {got}, the classifier was trained on {want}"
-        if n_models != self.n_models:
+        if centre is not None and glob is not None:
+            got = (centre.shape[1], centre.shape[2], glob.shape[2])
+            want = (self.n_timesteps_, self.n_channels_["centre"], self.n_channels_["glob"])
+            if got != want:
+                return f"features with (T, D, D) = {got}, the classifier was trained on {want}"
+        if n_models is not None and n_models != self.n_models:
             return f"an ensemble of {n_models}, the classifier has {self.n_models}"
         return None
 
@@ -186,7 +192,7 @@ class MTMSDClassifier:
         device = resolve_device(self.device)
         gen = torch.Generator().manual_seed(self.seed)
         if warm_start is not None:
-            reason = warm_start.warm_start_mismatch(centre, glob, y, self.n_models)
+            reason = warm_start.warm_start_mismatch(y, self.n_models, centre, glob)
             if reason is not None:
                 raise InputError(f"cannot continue from that classifier: {reason}")
             k = warm_start.k_

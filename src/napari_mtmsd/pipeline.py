@@ -244,12 +244,8 @@ def warm_start_mismatch(
         return "it was trained on another diffusion model"
     if bundle.spec != spec:
         return "it was trained on other features (timesteps, stages or mode)"
-    classes = np.unique(np.asarray(labels))
-    classes = classes[classes > 0]
-    known = np.asarray(bundle.classifier.classes_)
-    if not np.array_equal(classes, known):
-        return f"the labels hold classes {classes.tolist()}, the classifier knows {known.tolist()}"
-    return None
+    labels = np.asarray(labels)
+    return bundle.classifier.warm_start_mismatch(labels[labels > 0])
 
 
 def iter_predict(
