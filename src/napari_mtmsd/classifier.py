@@ -209,13 +209,14 @@ class MTMSDClassifier:
             purify = {"lam": self.lam, "timestep_weight": self.timestep_weight}
             idx_c = select_channels(centre, y, k, **purify)
             idx_g = select_channels(glob, y, k, **purify)
+            stats = None  # of the purified channels, below
+            model = SelectiveFusion(k, t, len(classes), self.n_models, generator=gen).to(device)
         xc, xg = centre[:, :, idx_c], glob[:, :, idx_g]
-        if warm_start is None:
+        if stats is None:
             stats = {
                 "centre": _channel_stats(xc, self.standardize),
                 "glob": _channel_stats(xg, self.standardize),
             }
-            model = SelectiveFusion(k, t, len(classes), self.n_models, generator=gen).to(device)
         opt = _adam(model.parameters(), self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, self.epochs, eta_min=self.min_lr)
         tc, tg = (

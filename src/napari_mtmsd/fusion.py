@@ -131,14 +131,12 @@ class SelectiveFusion(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x, g = self._members(x, "x"), self._members(g, "g")
         u = x.sum(dim=2)  # (E, B, k)
-        z = self.squeeze2(self.squeeze_bn(F.relu(self.squeeze1(u))))  # (E, B, k/2)
+        z = self._squeeze(u)  # (E, B, k/2)
         zt = self.step_z.shared_input(z)  # (E, B, T, k/2)
         a = self.step_a_z(zt) + torch.einsum("ebti,etio->ebto", g, self.step_a_g)
         attention = torch.softmax(a, dim=2)  # over timesteps, per channel
         v = (attention * x).sum(dim=2)  # (E, B, k)
-        h = self.head_bn1(F.relu(self.head1(v)))
-        h = self.head_bn2(F.relu(self.head2(h)))
-        logits = self.head3(h)
+        logits = self._head(v)
         return (logits, attention) if return_attention else logits
 
     @torch.no_grad()
@@ -185,13 +183,21 @@ class SelectiveFusion(nn.Module):
         w_fold, b_fold, w_g = self.folded() if folded is None else folded
         e, n_t, k, b = self.n_members, self.n_timesteps, self.k, x.shape[0]
         u = x.sum(dim=1).unsqueeze(0).expand(e, -1, -1)  # (E, B, k), a view
-        z = self.squeeze2(self.squeeze_bn(F.relu(self.squeeze1(u))))  # (E, B, k/2)
+        z = self._squeeze(u)  # (E, B, k/2)
         dtype = w_g.dtype  # float32, or bf16
         a = torch.bmm(g.transpose(0, 1).to(dtype), w_g).view(n_t, b, e, k)  # (T, B, E, k)
         a += torch.bmm(z.to(dtype), w_fold).view(e, b, n_t, k).add_(b_fold).permute(2, 1, 0, 3)
         a = torch.softmax(a, dim=0)  # attention over timesteps
         a *= x.transpose(0, 1).unsqueeze(2).to(dtype)  # in place: one pass less over (T, B, E, k)
         v = a.sum(dim=0).float().transpose(0, 1)  # (E, B, k); bf16 sums accumulate in float32
+        return self._head(v)
+
+    def _squeeze(self, u: torch.Tensor) -> torch.Tensor:
+        """The squeeze of the summed centre features ``(E, B, k)`` -> ``z (E, B, k/2)``."""
+        return self.squeeze2(self.squeeze_bn(F.relu(self.squeeze1(u))))
+
+    def _head(self, v: torch.Tensor) -> torch.Tensor:
+        """The MLP head on the fused vector ``(E, B, k)`` -> logits ``(E, B, n_classes)``."""
         h = self.head_bn1(F.relu(self.head1(v)))
         h = self.head_bn2(F.relu(self.head2(h)))
         return self.head3(h)
