@@ -111,3 +111,32 @@ def tiny_model(small_cube):
     from napari_mtmsd.pretrain import pretrain
 
     return pretrain(small_cube, preset="tiny", steps=30, device="cpu", seed=0)
+
+
+@pytest.fixture
+def kernel_writes():
+    """``with kernel_writes() as writes: ...`` lists the value-writing torch kernels that ran on
+    real (not meta) tensors: what a module's random initialisation runs, and a load must not."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    prefixes = ("uniform_", "normal_", "zero_", "fill_", "copy_", "mul", "add", "sub", "rand")
+
+    class KernelLog(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.writes: list[str] = []
+
+        def __enter__(self) -> list[str]:
+            super().__enter__()
+            return self.writes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [a for a in (*args, out) if isinstance(a, torch.Tensor)]
+            name = func.overloadpacket.__name__
+            if any(t.device.type != "meta" for t in tensors) and name.startswith(prefixes):
+                self.writes.append(name)
+            return out
+
+    return KernelLog

@@ -89,7 +89,7 @@ def test_majority_vote_breaks_ties_by_mean_probability(fitted, monkeypatch):
     assert clf.predict(None, None).tolist() == [2]  # two votes beat a higher mean probability
 
 
-def test_save_load_round_trip(fitted, tmp_path):
+def test_save_load_round_trip(fitted, tmp_path, kernel_writes):
     clf, _ = fitted
     centre, glob, _ = _problem(n=30, seed=5)
     out = clf.save(tmp_path / "clf")
@@ -103,6 +103,9 @@ def test_save_load_round_trip(fitted, tmp_path):
     )
     np.testing.assert_array_equal(loaded.predict(centre, glob), clf.predict(centre, glob))
     assert not list(tmp_path.glob(".tmp-*"))
+    with kernel_writes() as writes:  # loading reads, it does not initialise first
+        MTMSDClassifier.load(out)
+    assert writes == []
 
 
 def test_bad_files_raise_model_file_error(fitted, tmp_path):
@@ -185,3 +188,19 @@ def test_warm_start_mismatch_is_explained(fitted):
     assert "not trained" in _small().warm_start_mismatch(y, 3, centre, glob)
     with pytest.raises(InputError, match=r"cannot continue.*classes"):
         _small(epochs=1).fit(centre, glob, y2, warm_start=clf)
+
+
+def test_purified_features_predict_the_same(fitted):
+    clf, _ = fitted
+    centre, glob, y = _problem(n=70, seed=4)
+    x, g = clf.purify(centre, glob)
+    assert x.shape == g.shape == (70, 4, clf.k_) and x.dtype == g.dtype == clf.purified_dtype()
+    labels, confidence = clf.predict_purified(x, g)
+    expected = clf.predict_with_confidence(centre, glob)
+    np.testing.assert_array_equal(labels, expected[0])
+    np.testing.assert_array_equal(confidence, expected[1])
+    # valid for a continuation (same purification), not for a classifier fitted on other data
+    assert _small(epochs=1).fit(centre, glob, y, warm_start=clf).same_purification(clf)
+    assert not _small(epochs=1).fit(*_problem(n=90, seed=6)).same_purification(clf)
+    with pytest.raises(InputError, match="from purify"):
+        clf.predict_purified(x[:, :2], g[:, :2])

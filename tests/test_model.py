@@ -62,6 +62,20 @@ def test_round_trip_is_exact(model, saved, cube):
         )
 
 
+def test_load_reads_and_does_not_initialise(saved, kernel_writes):
+    # an initialisation the file overwrites would be wasted work, and on napari's main thread it
+    # gives that thread an OpenMP team that slows the compute thread (_qt/_workers.compute_pool)
+    with kernel_writes() as writes:
+        loaded = DiffusionModel.load(saved)
+    assert writes == []
+    params = list(loaded.unet.parameters())
+    assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+    assert all(isinstance(p, torch.nn.Parameter) and p.requires_grad for p in params)
+    with kernel_writes() as writes:
+        UNet(PRESETS["tiny"])
+    assert writes  # the check sees an initialisation when there is one
+
+
 def test_fingerprint_changes_with_weights(model):
     other = DiffusionModel(UNet(PRESETS["tiny"]), model.schedule, model.preprocessor)
     assert other.fingerprint() != model.fingerprint()

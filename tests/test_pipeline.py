@@ -117,3 +117,47 @@ def test_train_can_continue_from_a_bundle(bundle, small_scene, tiny_model):
     assert "classes" in warm_start_mismatch(b, tiny_model, SPEC, fewer)
     with pytest.raises(InputError, match="cannot continue"):
         train(tiny_model, cube, fewer, SPEC, device="cpu", cache_dir=cache, warm_start=b)
+
+
+def test_predict_reuses_purified_features(bundle, small_scene, tiny_model, monkeypatch):
+    import napari_mtmsd.pipeline as pipeline
+    from napari_mtmsd._progress import run
+
+    (b, cache), (cube, gt) = bundle, small_scene
+    store = run(pipeline.iter_features(tiny_model, cube, SPEC, "cpu", cache))
+    reuse: dict = {}
+    first = predict(b, cube, device="cpu", store=store, reuse=reuse)
+    scene = reuse["purified"]
+    plain = predict(b, cube, device="cpu", store=store)
+    np.testing.assert_array_equal(first[0], plain[0])
+    np.testing.assert_array_equal(first[1], plain[1])
+
+    # an Update continues the training with the same purification: the store is not read again
+    labels = np.where(np.random.default_rng(1).random(gt.data.shape) < 0.2, gt.data, 0)
+    cont = train(tiny_model, cube, labels, SPEC, device="cpu", store=store, warm_start=b,
+                 epochs=2)  # fmt: skip
+    with monkeypatch.context() as m:
+        m.setattr(type(store), "chunks", lambda *a: pytest.fail("the store was read again"))
+        again = predict(cont, cube, device="cpu", store=store, reuse=reuse)
+    assert reuse["purified"] is scene
+    expected = predict(cont, cube, device="cpu", store=store)
+    np.testing.assert_array_equal(again[0], expected[0])
+    np.testing.assert_array_equal(again[1], expected[1])
+
+    # a new training purifies afresh: what was kept is replaced
+    fresh = train(tiny_model, cube, labels, SPEC, device="cpu", store=store, seed=1, **FAST)
+    assert not fresh.classifier.same_purification(b.classifier)
+    predict(fresh, cube, device="cpu", store=store, reuse=reuse)
+    assert reuse["purified"] is not scene and reuse["purified"].fits(fresh.classifier, store)
+
+    # a stopped prediction keeps nothing; nor does one over the memory budget
+    monkeypatch.setattr(pipeline, "PREDICT_CHUNK", 100)
+    stopped: dict = {}
+    job = pipeline.iter_predict(b, cube, "cpu", store=store, reuse=stopped)
+    next(job)
+    job.close()
+    assert stopped == {}
+    monkeypatch.setattr(pipeline, "REUSE_MAX_MB", 0)
+    big: dict = {}
+    predict(b, cube, device="cpu", store=store, reuse=big)
+    assert big == {}

@@ -4,6 +4,7 @@ an error path, and closing napari mid-job. Widgets are driven through their meth
 
 from __future__ import annotations
 
+import threading
 import time
 from itertools import pairwise
 
@@ -116,6 +117,29 @@ def test_runner_result_stop_and_failures(qtbot, errors):
     runner.start("cancel", _slow(5, fail=Cancelled("user")), got.append)
     qtbot.waitUntil(lambda: not runner.busy, timeout=5000)
     assert len(errors) == 2 and got == ["result"]
+
+
+def _thread(n: int):
+    for i in range(n):
+        time.sleep(0.01)
+        yield {"stage": "test", "step": i + 1, "total": n}
+    return threading.get_ident()
+
+
+def test_jobs_share_one_compute_thread(qtbot, errors):
+    # one long-lived thread for every section's jobs: one OpenMP team (see compute_pool)
+    first, second = JobRunner(), JobRunner()
+    threads, messages = [], []
+    second.message.connect(messages.append)
+    first.start("first", _thread(20), threads.append)
+    second.start("second", _thread(3), threads.append)  # queued behind the first, not beside it
+    assert messages == ["second: waiting for the running job"]
+    qtbot.waitUntil(lambda: not first.busy and not second.busy, timeout=5000)
+    first.start("third", _thread(3), threads.append)
+    qtbot.waitUntil(lambda: not first.busy, timeout=5000)
+    assert len(threads) == 3 and len(set(threads)) == 1
+    assert threads[0] != threading.get_ident()  # not the main thread
+    assert errors == []
 
 
 def test_runner_refuses_a_second_job(qtbot, errors):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from . import __version__
 from ._atomic import atomic_dir
 from ._progress import Callback, Progress, run
+from ._weights import assign, empty
 from .device import bf16_supported, cpu_threads, resolve_device
 from .errors import InputError, ModelFileError
 from .fusion import SelectiveFusion
@@ -316,7 +317,8 @@ class MTMSDClassifier:
         self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS
     ) -> np.ndarray:
         """Mean softmax of the ensemble, ``(N, K)`` float32, columns in ``classes_`` order."""
-        return self._member_outputs(centre, glob, batch_size)[0].mean(axis=0)
+        batches = self._purified_batches(centre, glob, batch_size, self.purified_dtype())
+        return self._member_outputs(batches)[0].mean(axis=0)
 
     def predict(self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS) -> np.ndarray:
         """Labels ``(N,)`` by majority vote of the members; ties go to the highest mean probability."""
@@ -327,25 +329,72 @@ class MTMSDClassifier:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Voted labels ``(N,)`` and the mean probability of each voted label ``(N,)``, from one
         pass of the ensemble (what a class map and its confidence map need)."""
-        probs = self._member_outputs(centre, glob, batch_size)[0]
-        mean = probs.mean(axis=0)
-        votes = np.zeros(probs.shape[1:], dtype=np.float64)
-        for member in probs:
-            votes[np.arange(len(member)), member.argmax(axis=1)] += 1.0
-        # mean probabilities differ by less than 1, so halved they only break ties
-        winner = (votes + 0.5 * mean).argmax(axis=1)
-        return self.classes_[winner], mean[np.arange(len(winner)), winner]
+        batches = self._purified_batches(centre, glob, batch_size, self.purified_dtype())
+        return self._vote(self._member_outputs(batches)[0])
+
+    def purify(self, centre: np.ndarray, glob: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The purified, standardised centre and global features ``(N, T, k)`` each, in the
+        dtype prediction computes in (bf16 where the device has it natively, else float32).
+
+        A classifier that continues this one (``fit(warm_start=...)``) keeps its purification and
+        statistics, so these can be made once and predicted from by every interactive Update
+        (:meth:`predict_purified`): reading, gathering and converting them is a fifth of a
+        whole-scene prediction.
+        """
+        self._fitted()
+        centre, glob = self._check_features(centre, glob)
+        dtype, n = self.purified_dtype(), len(centre)
+        out = tuple(torch.empty((n, self.n_timesteps_, self.k_), dtype=dtype) for _ in "xg")
+        start = 0
+        for xb, gb in self._purified_batches(centre, glob, _ROWS, dtype):
+            out[0][start : start + len(xb)], out[1][start : start + len(xb)] = xb, gb
+            start += len(xb)
+        return out
+
+    def predict_purified(
+        self, x: torch.Tensor, g: torch.Tensor, batch_size: int = _ROWS
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict_with_confidence` on features made by :meth:`purify` (of this
+        classifier or of one with the same purification and statistics)."""
+        self._fitted()
+        want = (self.n_timesteps_, self.k_)
+        if x.shape != g.shape or x.dim() != 3 or tuple(x.shape[1:]) != want:
+            raise InputError(
+                f"purified features of shapes {tuple(x.shape)} and {tuple(g.shape)}: expected "
+                f"(N, {want[0]}, {want[1]}) each, from purify()"
+            )
+        step = max(1, int(batch_size))
+        batches = ((x[s : s + step], g[s : s + step]) for s in range(0, len(x), step))
+        return self._vote(self._member_outputs(batches)[0])
+
+    def same_purification(self, other: MTMSDClassifier) -> bool:
+        """Whether ``other`` selects and standardises the channels as this one does (features
+        from one's :meth:`purify` are then valid for the other)."""
+        if self.purification_ is None or other.purification_ is None:
+            return False
+        if self.purified_dtype() != other.purified_dtype():
+            return False
+        return all(
+            np.array_equal(self.purification_[key], other.purification_[key])
+            and all(map(np.array_equal, self.stats_[key], other.stats_[key]))
+            for key in ("centre", "glob")
+        )
 
     def timestep_attention(
         self, centre: np.ndarray, glob: np.ndarray, batch_size: int = _ROWS
     ) -> np.ndarray:
         """Mean attention weight of every timestep ``(N, T)`` (over members and channels; rows sum to 1)."""
-        return self._member_outputs(centre, glob, batch_size, attention=True)[1]
+        batches = self._purified_batches(centre, glob, batch_size, torch.float32)
+        return self._member_outputs(batches, attention=True)[1]
 
-    def _member_outputs(
-        self, centre: np.ndarray, glob: np.ndarray, batch_size: int, attention: bool = False
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        model = self._fitted()
+    def purified_dtype(self) -> torch.dtype:
+        """What prediction computes the attention in: bf16 where the device has it natively."""
+        bf16 = self.bf16 and bf16_supported(resolve_device(self.device))
+        return torch.bfloat16 if bf16 else torch.float32
+
+    def _check_features(
+        self, centre: np.ndarray, glob: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         centre, glob = _check_pair(centre, glob)
         got = (centre.shape[1], centre.shape[2], glob.shape[2])
         want = (self.n_timesteps_, self.n_channels_["centre"], self.n_channels_["glob"])
@@ -354,32 +403,47 @@ class MTMSDClassifier:
                 f"features with T={got[0]}, D=({got[1]}, {got[2]}) (centre, global): this "
                 f"classifier was trained on T={want[0]}, D=({want[1]}, {want[2]})"
             )
+        return centre, glob
+
+    def _purified_batches(
+        self, centre: np.ndarray, glob: np.ndarray, batch_size: int, dtype: torch.dtype
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Row batches of purified, standardised features, on the CPU, in ``dtype``."""
+        self._fitted()
+        centre, glob = self._check_features(centre, glob)
+        keep = {key: torch.from_numpy(v) for key, v in self.purification_.items()}
+        norm = {key: tuple(torch.from_numpy(a) for a in v) for key, v in self.stats_.items()}
+
+        def purified(a: np.ndarray, key: str) -> torch.Tensor:
+            # a copy (the rows may be a read-only memmap), then torch gathers the channels: twice
+            # as fast as numpy fancy indexing here
+            t = torch.from_numpy(np.array(a, order="C")).index_select(2, keep[key])
+            return _normalise(t.float(), norm[key]).to(dtype)
+
+        step = max(1, int(batch_size))
+        for start in range(0, len(centre), step):
+            rows = slice(start, start + step)
+            yield purified(centre[rows], "centre"), purified(glob[rows], "glob")
+
+    def _member_outputs(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attention: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-member softmax ``(E, N, K)`` (and with ``attention`` the mean attention over
+        timesteps ``(N, T)``) of purified batches."""
+        model = self._fitted()
         device = resolve_device(self.device)
         model.to(device).eval()
-        norm = {
-            key: tuple(torch.from_numpy(a).to(device) for a in v) for key, v in self.stats_.items()
-        }
         probs, attn = [], []
         with torch.inference_mode():
-            folded = None if attention else model.folded(self.bf16 and bf16_supported(device))
-            keep = {key: torch.from_numpy(v) for key, v in self.purification_.items()}
-
-            def purified(a: np.ndarray, key: str) -> torch.Tensor:
-                # a copy (the rows may be a read-only memmap), then torch gathers the channels: twice
-                # as fast as numpy fancy indexing here
-                t = torch.from_numpy(np.array(a, order="C")).index_select(2, keep[key])
-                return _normalise(t.to(device, torch.float32), norm[key])
-
-            for start in range(0, len(centre), max(1, int(batch_size))):
-                rows = slice(start, start + max(1, int(batch_size)))
-                xb, gb = purified(centre[rows], "centre"), purified(glob[rows], "glob")
+            folded = None if attention else model.folded(self.purified_dtype() == torch.bfloat16)
+            for xb, gb in batches:
+                xb, gb = xb.to(device), gb.to(device)
                 if attention:
                     logits, weights = model(xb, gb, return_attention=True)
+                    attn.append(weights.mean(dim=(0, 3)).cpu().numpy())
                 else:
                     logits = model.predict_logits(xb, gb, folded)
                 probs.append(torch.softmax(logits, dim=-1).cpu().numpy())
-                if attention:
-                    attn.append(weights.mean(dim=(0, 3)).cpu().numpy())
         model.cpu()
         k = len(self.classes_)
         member_probs = (
@@ -391,6 +455,16 @@ class MTMSDClassifier:
                 np.concatenate(attn) if attn else np.zeros((0, self.n_timesteps_), np.float32)
             )
         return member_probs, timestep
+
+    def _vote(self, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Majority vote of the members' ``(E, N, K)`` probabilities, with its mean probability."""
+        mean = probs.mean(axis=0)
+        votes = np.zeros(probs.shape[1:], dtype=np.float64)
+        for member in probs:
+            votes[np.arange(len(member)), member.argmax(axis=1)] += 1.0
+        # mean probabilities differ by less than 1, so halved they only break ties
+        winner = (votes + 0.5 * mean).argmax(axis=1)
+        return self.classes_[winner], mean[np.arange(len(winner)), winner]
 
     def _fitted(self) -> SelectiveFusion:
         if self.model_ is None:
@@ -478,13 +552,17 @@ class MTMSDClassifier:
                 d = self.n_channels_[key]
                 if len(idx) != self.k_ or idx.min() < 0 or idx.max() >= d:
                     raise ValueError(f"{key} purification indices do not fit k={self.k_}, D={d}")
-            model = SelectiveFusion(self.k_, self.n_timesteps_, len(self.classes_), self.n_models)
+            model = empty(
+                lambda: SelectiveFusion(
+                    self.k_, self.n_timesteps_, len(self.classes_), self.n_models
+                )
+            )
             state = {
                 name[len("model.") :]: t
                 for name, t in tensors.items()
                 if name.startswith("model.")
             }
-            model.load_state_dict(state, strict=True)
+            assign(model, state)
         except (KeyError, TypeError, ValueError, RuntimeError, InputError) as exc:
             raise ModelFileError(
                 f"{path}: classifier files are inconsistent or incomplete ({exc})"

@@ -171,7 +171,8 @@ class SelectiveFusion(nn.Module):
         prediction is what an interactive update waits for). ``folded`` is :meth:`folded`,
         passed in when predicting many batches. If its weights are bf16, the attention over
         timesteps (its two matmuls, two thirds of the arithmetic, and the softmax-weighted sum)
-        runs in bf16 with float32 accumulation: 2x faster on a CPU with native bf16.
+        runs in bf16 with float32 accumulation: 2x faster on a CPU with native bf16. ``x`` and
+        ``g`` may come in that dtype already (``MTMSDClassifier.purify``).
         """
         if self.training:
             raise RuntimeError("predict_logits is for eval mode: call .eval() first")
@@ -182,7 +183,7 @@ class SelectiveFusion(nn.Module):
                 )
         w_fold, b_fold, w_g = self.folded() if folded is None else folded
         e, n_t, k, b = self.n_members, self.n_timesteps, self.k, x.shape[0]
-        u = x.sum(dim=1).unsqueeze(0).expand(e, -1, -1)  # (E, B, k), a view
+        u = x.sum(dim=1, dtype=torch.float32).unsqueeze(0).expand(e, -1, -1)  # (E, B, k), a view
         z = self._squeeze(u)  # (E, B, k/2)
         dtype = w_g.dtype  # float32, or bf16
         a = torch.bmm(g.transpose(0, 1).to(dtype), w_g).view(n_t, b, e, k)  # (T, B, E, k)

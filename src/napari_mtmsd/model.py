@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from ._atomic import atomic_dir
+from ._weights import assign, empty
 from .errors import InputError, ModelFileError
 from .preprocess import Preprocessor, as_cube
 from .schedule import NoiseSchedule
@@ -225,13 +226,13 @@ class DiffusionModel:
         try:
             unet_cfg = UNetConfig.from_dict(cfg["architecture"])
             schedule = NoiseSchedule.from_dict(cfg["schedule"])
-            unet = UNet(unet_cfg)
+            unet = empty(lambda: UNet(unet_cfg))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelFileError(
                 f"{path / CONFIG}: invalid architecture or schedule ({exc})"
             ) from exc
         try:
-            unet.load_state_dict(state, strict=True)
+            assign(unet, state)
         except RuntimeError as exc:
             raise ModelFileError(
                 f"{weights_file} does not match the architecture in {CONFIG}: {exc}"

@@ -73,6 +73,7 @@ class ClassifySection(QWidget):
         viewer = session.viewer
         self.store: Any | None = None  # cache.FeatureStore of the current model, cube and spec
         self._store_key: tuple | None = None
+        self._reuse: dict = {}  # what predictions from self.store share (pipeline.iter_predict)
         self.timesteps = QLineEdit(format_ints(DEFAULT_TIMESTEPS))
         self.timesteps.setToolTip("diffusion timesteps, e.g. 50:950:50 (paper) or 100, 300, 500")
         self.stages = QLineEdit(format_ints(DEFAULT_STAGES))
@@ -190,10 +191,15 @@ class ClassifySection(QWidget):
     def _device(self) -> str:
         return self.session.device()
 
+    def _set_store(self, store: Any | None, key: tuple | None) -> None:
+        if store is not self.store:
+            self._reuse = {}  # what was kept for the old store goes with it
+        self.store, self._store_key = store, key
+
     def _model_changed(self) -> None:
         """A new model: keep stages that exist in it, forget features of the old one."""
         model = self.session.model
-        self.store, self._store_key = None, None
+        self._set_store(None, None)
         self.session.features_changed.emit()
         if model is not None:
             n_blocks = len(model.unet.output_blocks)
@@ -277,7 +283,7 @@ class ClassifySection(QWidget):
         key = self._inputs_key()
 
         def on_done(store: Any) -> None:
-            self.store, self._store_key = store, key
+            self._set_store(store, key)
             self._show_cache()
             self.session.features_changed.emit()
 
@@ -331,6 +337,8 @@ class ClassifySection(QWidget):
 
                 show_info(f"Update trains a new classifier: {reason}")
 
+        reuse = self._reuse if store is not None else {}
+
         def job() -> Any:
             from napari_mtmsd.pipeline import iter_features
 
@@ -349,12 +357,15 @@ class ClassifySection(QWidget):
                 warm_start=warm,
                 **kwargs,
             )
-            class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
+            class_map, confidence = yield from iter_predict(
+                bundle, cube, device, store=store, reuse=reuse
+            )
             return store, bundle, class_map, confidence
 
         def on_done(result: tuple) -> None:
             new_store, bundle, class_map, confidence = result
-            self.store, self._store_key = new_store, key
+            self._set_store(new_store, key)
+            self._reuse = reuse  # made for new_store
             self._show_cache()
             self.session.bundle = bundle
             self.session.train_labels_used = labels
