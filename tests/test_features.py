@@ -22,7 +22,7 @@ FP32 = dict(timesteps=(50, 400, 900), stages=(0, 1, 2), bf16=False)
 def test_patch_mode_equals_direct_unet_call(tiny_model, small_cube):
     """One pixel far from the border: its window cut by hand, noised by hand, run by hand."""
     model, cube = tiny_model, small_cube
-    spec = FeatureSpec(mode="patch", noise_seed=3, **FP32)
+    spec = FeatureSpec(mode="patch", noise_seed=3, noise_draws=1, **FP32)
     r, c = 20, 17
     centre, glob = extract_pixels(model, cube, np.array([[r, c]]), spec, device="cpu")
 
@@ -52,6 +52,26 @@ def test_deterministic(tiny_model, small_cube, mode):
     np.testing.assert_array_equal(a[1], b[1])
     assert a[0].shape == (3, 3, sum(tiny_model.unet.stage_channels(spec.stages)))
     assert a[0].dtype == np.float16 and np.isfinite(a[0]).all() and np.isfinite(a[1]).all()
+
+
+@pytest.mark.parametrize("mode", ["dense", "patch"])
+def test_noise_draws_average_the_draws(tiny_model, small_cube, mode):
+    """noise_draws=3 is the mean of the single-draw features of seeds 5, 6, 7 (to fp16)."""
+    coords = np.array([[0, 0], [5, 9], [20, 17], [39, 31]])
+    spec = FeatureSpec(mode=mode, tile=48, margin=4, noise_seed=5, noise_draws=3, **FP32)
+    centre, glob = extract_pixels(tiny_model, small_cube, coords, spec, device="cpu")
+    singles = [
+        extract_pixels(
+            tiny_model, small_cube, coords,
+            FeatureSpec(mode=mode, tile=48, margin=4, noise_seed=seed, noise_draws=1, **FP32),
+            device="cpu",
+        )
+        for seed in (5, 6, 7)
+    ]  # fmt: skip
+    for i, got in enumerate((centre, glob)):
+        want = np.mean([s[i].astype(np.float32) for s in singles], axis=0)
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)
+        assert not np.allclose(got, singles[0][i], rtol=1e-2, atol=1e-2)  # draws differ
 
 
 def test_dense_pixels_do_not_depend_on_which_pixels_are_asked(tiny_model, small_cube):
@@ -150,6 +170,7 @@ def test_feature_map_matches_pixel_features(tiny_model, small_cube):
     [
         ({"timesteps": (50, 5000)}, "outside the schedule"),
         ({"stages": (0, 99)}, "do not exist"),
+        ({"noise_draws": 0}, "noise_draws must be at least 1"),
     ],
 )
 def test_bad_specs(tiny_model, small_cube, kwargs, match):
@@ -206,3 +227,9 @@ def test_peak_memory_stays_bounded_on_a_large_scene(tiny_model, tmp_path):
     grown = res["peak"] - res["base"]
     assert grown < 600, res
     assert grown < res["full_mb"], res
+
+
+def test_spec_files_from_before_noise_draws_mean_one_draw():
+    old = {k: v for k, v in FeatureSpec().to_dict().items() if k != "noise_draws"}
+    assert FeatureSpec.from_dict(old).noise_draws == 1
+    assert FeatureSpec.from_dict(FeatureSpec().to_dict()) == FeatureSpec()

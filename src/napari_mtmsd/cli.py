@@ -162,6 +162,8 @@ def _spec(a: argparse.Namespace) -> Any:
         kw["timesteps"] = ts
     if (st := _parse_ints(getattr(a, "stages", None), "stages")) is not None:
         kw["stages"] = st
+    if getattr(a, "noise_draws", None) is not None:
+        kw["noise_draws"] = a.noise_draws
     return FeatureSpec(**kw)
 
 
@@ -424,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     def features(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--timesteps", help="e.g. '50:950:50' (default) or '100,300,500'")
         sp.add_argument("--stages", help="decoder blocks, e.g. '0,1,2,3,5' (default)")
+        sp.add_argument("--noise-draws", type=int, help="noise fields whose features are averaged")
         sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
 
     def classifier(sp: argparse.ArgumentParser) -> None:

@@ -67,7 +67,7 @@ class ClassifySection(QWidget):
 
     def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        from napari_mtmsd.features import DEFAULT_STAGES, DEFAULT_TIMESTEPS
+        from napari_mtmsd.features import DEFAULT_STAGES, DEFAULT_TIMESTEPS, FeatureSpec
 
         self.session = session
         viewer = session.viewer
@@ -78,6 +78,12 @@ class ClassifySection(QWidget):
         self.timesteps.setToolTip("diffusion timesteps, e.g. 50:950:50 (paper) or 100, 300, 500")
         self.stages = QLineEdit(format_ints(DEFAULT_STAGES))
         self.stages.setToolTip("decoder blocks of the U-Net to read (paper: 0, 1, 2, 3, 5)")
+        self.noise_draws = QSpinBox()
+        self.noise_draws.setRange(1, 16)
+        self.noise_draws.setValue(FeatureSpec().noise_draws)
+        self.noise_draws.setToolTip(
+            "noise fields whose features are averaged (paper: 1); each costs one more U-Net pass"
+        )
         self.n_models = QSpinBox()
         self.n_models.setRange(1, 20)
         self.epochs = QSpinBox()
@@ -116,6 +122,7 @@ class ClassifySection(QWidget):
         form = QFormLayout()
         form.addRow("timesteps", self.timesteps)
         form.addRow("stages", self.stages)
+        form.addRow("noise draws", self.noise_draws)
         form.addRow("ensemble", self.n_models)
         form.addRow("epochs", self.epochs)
         form.addRow("update epochs", self.update_epochs)
@@ -156,6 +163,7 @@ class ClassifySection(QWidget):
         self.live.toggled.connect(self._watch_labels)
         self.timesteps.textChanged.connect(self._inputs_changed)
         self.stages.textChanged.connect(self._inputs_changed)
+        self.noise_draws.valueChanged.connect(self._inputs_changed)
         if session.cube_combo is not None:
             session.cube_combo.currentTextChanged.connect(self._inputs_changed)
         session.model_changed.connect(self._model_changed)
@@ -183,6 +191,7 @@ class ClassifySection(QWidget):
         return FeatureSpec(
             timesteps=parse_ints(self.timesteps.text(), "timesteps"),
             stages=parse_ints(self.stages.text(), "stages"),
+            noise_draws=self.noise_draws.value(),
         )
 
     def classifier_kwargs(self) -> dict[str, int]:
@@ -220,6 +229,7 @@ class ClassifySection(QWidget):
             self.session.current_band_axis(),
             self.timesteps.text(),
             self.stages.text(),
+            self.noise_draws.value(),
         )
 
     def current_store(self) -> Any | None:
@@ -466,6 +476,7 @@ class ClassifySection(QWidget):
         self.session.model_changed.emit()
         self.timesteps.setText(format_ints(bundle.spec.timesteps))
         self.stages.setText(format_ints(bundle.spec.stages))
+        self.noise_draws.setValue(bundle.spec.noise_draws)
         if bundle.class_names:
             self.session.set_classes(list(bundle.class_names), bundle.colors)
         self.session.bundle = bundle
