@@ -277,15 +277,15 @@ def iter_predict(
     total = -(-n // PREDICT_CHUNK)
     scene, new = None if reuse is None else reuse.get("purified"), None
     if scene is not None and scene.fits(clf, store):
-        chunks = scene.chunks(PREDICT_CHUNK)
+        chunks = ((idx, clf.predict_purified(x, g)) for idx, x, g in scene.chunks(PREDICT_CHUNK))
     else:
         if reuse is not None:
             reuse.pop("purified", None)  # its memory is free before new features are made
             if _PurifiedScene.megabytes(clf, n) <= REUSE_MAX_MB:
                 new = _PurifiedScene.empty(clf, store, n)
-        chunks = _purify_chunks(clf, store, new)
-    for i, (idx, x, g) in enumerate(chunks):
-        class_map[idx], confidence[idx] = clf.predict_purified(x, g)
+        chunks = _predict_chunks(clf, store, new)
+    for i, (idx, (labels, conf)) in enumerate(chunks):
+        class_map[idx], confidence[idx] = labels, conf
         yield {"stage": "predict", "step": i + 1, "total": total}
     if new is not None:
         reuse["purified"] = new  # complete: a stopped prediction leaves nothing half made
@@ -327,19 +327,22 @@ class _PurifiedScene:
             yield self.flat[s : s + size], self.x[s : s + size], self.g[s : s + size]
 
 
-def _purify_chunks(
+def _predict_chunks(
     clf: MTMSDClassifier, store: Any, keep: _PurifiedScene | None
-) -> Iterator[tuple[np.ndarray, Any, Any]]:
-    """The store's chunks, purified by ``clf``; copied into ``keep`` on the way when given."""
+) -> Iterator[tuple[Any, tuple[np.ndarray, np.ndarray]]]:
+    """The store's chunks predicted by ``clf``; their purified features copied into ``keep`` on
+    the way when given (otherwise purified batch by batch, which stays in the CPU caches)."""
     start = 0
     for idx, c, g in store.chunks(PREDICT_CHUNK):
+        if keep is None:
+            yield idx, clf.predict_with_confidence(c, g)
+            continue
         x, gp = clf.purify(c, g)
-        if keep is not None:
-            rows = slice(start, start + len(x))
-            keep.flat[rows] = np.arange(idx.start, idx.stop) if isinstance(idx, slice) else idx
-            keep.x[rows], keep.g[rows] = x, gp
-            start += len(x)
-        yield idx, x, gp
+        rows = slice(start, start + len(x))
+        keep.flat[rows] = np.arange(idx.start, idx.stop) if isinstance(idx, slice) else idx
+        keep.x[rows], keep.g[rows] = x, gp
+        start += len(x)
+        yield idx, clf.predict_purified(x, gp)
 
 
 def train(*args: Any, callback: Any = None, **kwargs: Any) -> ClassifierBundle:
