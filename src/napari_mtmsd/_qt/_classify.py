@@ -200,8 +200,11 @@ class ClassifySection(QWidget):
     def _device(self) -> str:
         return self.session.device()
 
-    def _set_store(self, store: Any | None, key: tuple | None) -> None:
-        if store is not self.store:
+    def _set_store(self, store: Any | None, key: tuple | None, reuse: dict | None = None) -> None:
+        """The features now cached; ``reuse`` is what a job kept for them (pipeline.iter_predict)."""
+        if reuse is not None:
+            self._reuse = reuse
+        elif store is not self.store:
             self._reuse = {}  # what was kept for the old store goes with it
         self.store, self._store_key = store, key
 
@@ -374,8 +377,7 @@ class ClassifySection(QWidget):
 
         def on_done(result: tuple) -> None:
             new_store, bundle, class_map, confidence = result
-            self._set_store(new_store, key)
-            self._reuse = reuse  # made for new_store
+            self._set_store(new_store, key, reuse)
             self._show_cache()
             self.session.bundle = bundle
             self.session.train_labels_used = labels
