@@ -167,6 +167,13 @@ def render(results: dict, others: list[dict] | None = None) -> str:
     vs_svm = ("ahead on both protocols" if all(ahead) else "behind on both protocols"
               if not any(ahead) else "ahead on the random split, behind on the disjoint one"
               if ahead[0] else "behind on the random split, ahead on the disjoint one")  # fmt: skip
+    above = [(METHODS[m], results["summary_blocks"][m]["oa"][0]) for m in METHODS
+             if m != "mtmsd" and results["summary_blocks"][m]["oa"][0] > mt_b]  # fmt: skip
+    others_b = ", ".join(f"{o['summary_blocks']['mtmsd']['oa'][0]:.2f}" for o in others)
+    disjoint = (f"- On the disjoint split MTMSD scores {mt_b:.2f} with this model"
+                + (f" and {others_b} with the others (section above)" if others else "")
+                + ("; " + ", ".join(f"{n} ({v:.2f})" for n, v in above) + " scores higher here"
+                   if above else "") + ".\n")  # fmt: skip
     split_sizes = ", ".join(f"{b['seed']}: {b['n_train']} / {b['n_test']}" for b in blk)
     if len({b.get("split_sha1") for b in blk}) == 1 and len(blk) > 1:
         split_sizes += ("; the seeded rule leaves one choice of blocks on this scene, so the seeds "
@@ -234,7 +241,7 @@ Per seed, MTMSD vs SVM OA: {blk_per_seed}.
 - Against the **RBF-SVM** on 30 PCA components of the spectra (reference OA 77.66 at seed 827):
   MTMSD is {vs_svm} ({mt['oa'][0]:.2f} vs {svm_r:.2f} random,
   {mt_b:.2f} vs {svm_b:.2f} disjoint, means over the seeds).
-- The `paper` preset needs a GPU to pretrain in reasonable time; no GPU was lent to the session
+{disjoint}- The `paper` preset needs a GPU to pretrain in reasonable time; no GPU was lent to the session
   that made these figures, so only the `cpu` preset is reported.
 """
 
