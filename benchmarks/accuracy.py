@@ -164,9 +164,8 @@ def render(results: dict, others: list[dict] | None = None) -> str:
     svm_b = results["summary_blocks"]["svm"]["oa"][0]
     mt_b = results["summary_blocks"]["mtmsd"]["oa"][0]
     ahead = [mt["oa"][0] > svm_r, mt_b > svm_b]
-    vs_svm = ("ahead on both protocols" if all(ahead) else "behind on both protocols"
-              if not any(ahead) else "ahead on the random split, behind on the disjoint one"
-              if ahead[0] else "behind on the random split, ahead on the disjoint one")  # fmt: skip
+    vs_svm = ", ".join(f"{'ahead' if a else 'behind'} on the {split} split"
+                       for a, split in zip(ahead, ("random", "disjoint"), strict=True))  # fmt: skip
     above = [(METHODS[m], results["summary_blocks"][m]["oa"][0]) for m in METHODS
              if m != "mtmsd" and results["summary_blocks"][m]["oa"][0] > mt_b]  # fmt: skip
     others_b = ", ".join(f"{o['summary_blocks']['mtmsd']['oa'][0]:.2f}" for o in others)
