@@ -240,20 +240,21 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .io import load_input, write_labels
+    from .io import load_input, write_prediction
     from .pipeline import ClassifierBundle, iter_predict
 
     bundle = ClassifierBundle.load(a.classifier)
-    out = Path(a.output)
     for inp in a.inputs:
         cube, _ = load_input(inp, key=a.key)
         class_map, confidence = _run(iter_predict(bundle, cube, a.device, a.cache_dir))
         stem = cube.name.replace(" ", "_").replace("/", "_")
-        path = write_labels(
-            out / f"{stem}_classes.{a.format}", class_map, bundle.class_names, bundle.colors
-        )
-        np.save(out / f"{stem}_confidence.npy", confidence)
-        print(f"{inp}: class map -> {path}, confidence -> {out / (stem + '_confidence.npy')}")
+        path, conf, note = write_prediction(
+            a.output, stem, a.format, class_map, confidence, bundle.class_names, bundle.colors,
+            cube.georef,
+        )  # fmt: skip
+        print(f"{inp}: class map -> {path}, confidence -> {conf}")
+        if note:
+            print(f"note: {note}")
     return 0
 
 

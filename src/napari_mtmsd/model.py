@@ -109,11 +109,12 @@ class DiffusionModel:
             )
 
     def prepare(self, cube: Any) -> np.ndarray:
-        """(H, W, C) float32 model input; invalid pixels (NaN, ignore value) become 0."""
+        """(H, W, C) float32 model input; invalid pixels (NaN, ignore value in a band the model
+        uses) become 0."""
         cube = as_cube(cube)
         self.check_bands(cube)
         x = self.preprocessor.transform(cube.data, name=cube.name)
-        x[~np.asarray(cube.valid_mask(), dtype=bool)] = 0.0
+        x[~np.asarray(cube.valid_mask(self.preprocessor.good_bands), dtype=bool)] = 0.0
         return np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
 
     def full_config(self) -> dict:
@@ -124,6 +125,7 @@ class DiffusionModel:
             schedule=self.schedule.to_dict(),
             n_bands=self.n_bands,
             n_components=self.n_components,
+            bad_bands=self.preprocessor.bad_bands,
             n_parameters=self.unet.n_parameters,
             package_version=__version__,
             torch_version=torch.__version__,

@@ -9,6 +9,10 @@ most ``max_pixels`` valid pixels, accumulated in float64 one row chunk at a time
 whatever the scene size, the result is exact and deterministic (scikit-learn switches to a
 randomized solver by problem size), and the sign of each component is fixed (largest loading
 positive) so two fits of the same data give the same arrays. Torch-free.
+
+Bad bands (declared by the product, or holding no valid value anywhere) are left out: their
+loadings and mean are 0, ``good_bands`` records them with the model, and ``transform`` never
+reads them, so their NaN or no-data values cannot reach the model.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ class Preprocessor:
         scale_mean: np.ndarray,
         scale_std: np.ndarray,
         explained_variance: np.ndarray | None = None,
+        good_bands: np.ndarray | None = None,
     ):
         self.mean = np.asarray(mean, dtype=np.float64)
         self.components = np.asarray(components, dtype=np.float64)
@@ -68,6 +73,16 @@ class Preprocessor:
             if explained_variance is None
             else np.asarray(explained_variance, np.float64)
         )
+        self.good_bands = (
+            np.ones(b, bool) if good_bands is None else np.asarray(good_bands, bool).ravel()
+        )
+        if self.good_bands.shape != (b,):
+            raise ValueError(f"good_bands has {self.good_bands.size} flags for {b} bands")
+
+    @property
+    def bad_bands(self) -> list[int]:
+        """0-based indices of the bands the model does not use."""
+        return [int(i) for i in np.flatnonzero(~self.good_bands)]
 
     @property
     def n_bands(self) -> int:
@@ -93,6 +108,12 @@ class Preprocessor:
         flat = np.flatnonzero(valid)
         if flat.size < 2:
             raise InputError(f"{cube.name}: fewer than 2 valid pixels to fit the PCA on")
+        good = np.asarray(cube.good_bands(), dtype=bool)
+        if n_components > int(good.sum()):
+            raise InputError(
+                f"{cube.name}: cannot keep {n_components} PCA components of {int(good.sum())} "
+                f"usable bands ({b - int(good.sum())} of {b} are bad or hold no data)"
+            )
         rng = np.random.default_rng(seed)
         if flat.size > max_pixels:
             flat = np.sort(rng.choice(flat, size=max_pixels, replace=False))
@@ -100,8 +121,9 @@ class Preprocessor:
 
         # Two passes over the selected pixels (mean, then covariance), one row chunk at a time.
         step = _row_step((h, w, b), cube.data.dtype.itemsize)
-        total = np.zeros(b)
-        scatter = np.zeros((b, b))
+        g = int(good.sum())
+        total = np.zeros(g)
+        scatter = np.zeros((g, g))
         rows = flat // w
         chunks = []
         for r0 in range(0, h, step):
@@ -110,24 +132,28 @@ class Preprocessor:
                 chunks.append((r0, lo, hi))
         for r0, lo, hi in chunks:
             block = np.asarray(cube.data[r0 : r0 + step]).reshape(-1, b)
-            px = block[flat[lo:hi] - r0 * w].astype(np.float64)
+            px = block[flat[lo:hi] - r0 * w][:, good].astype(np.float64)
             total += px.sum(axis=0)
         mean = total / n
         for r0, lo, hi in chunks:
             block = np.asarray(cube.data[r0 : r0 + step]).reshape(-1, b)
-            px = block[flat[lo:hi] - r0 * w].astype(np.float64) - mean
+            px = block[flat[lo:hi] - r0 * w][:, good].astype(np.float64) - mean
             scatter += px.T @ px
         cov = scatter / max(n - 1, 1)
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1][:n_components]
-        comps = evecs[:, order].T  # (C, B)
-        signs = np.sign(comps[np.arange(n_components), np.abs(comps).argmax(axis=1)])
-        comps *= np.where(signs == 0, 1.0, signs)[:, None]
+        sub = evecs[:, order].T  # (C, good bands)
+        signs = np.sign(sub[np.arange(n_components), np.abs(sub).argmax(axis=1)])
+        sub *= np.where(signs == 0, 1.0, signs)[:, None]
+        comps = np.zeros((n_components, b))
+        comps[:, good] = sub
+        full_mean = np.zeros(b)
+        full_mean[good] = mean
         variance = np.maximum(evals[order], 0.0)
         # PCA scores of centred data have zero mean; their variance is the eigenvalue.
         std = np.sqrt(variance)
         std = np.where(std > 1e-12 * max(float(std.max()), 1e-300), std, 1.0)
-        return cls(mean, comps, np.zeros(n_components), std, explained_variance=variance)
+        return cls(full_mean, comps, np.zeros(n_components), std, variance, good_bands=good)
 
     def check_bands(self, n_bands: int, name: str = "cube") -> None:
         if int(n_bands) != self.n_bands:
@@ -147,23 +173,30 @@ class Preprocessor:
             )
         h, w, b = (int(s) for s in data.shape)
         self.check_bands(b, name)
-        proj = (self.components / self.scale_std[:, None]).T  # (B, C)
-        offset = (self.mean @ self.components.T + self.scale_mean) / self.scale_std
+        good = self.good_bands
+        every = bool(good.all())
+        proj = (self.components[:, good] / self.scale_std[:, None]).T  # (good B, C)
+        offset = (self.mean[good] @ self.components[:, good].T + self.scale_mean) / self.scale_std
         out = np.empty((h, w, self.n_components), dtype=np.float32)
         step = _row_step((h, w, b), np.dtype(getattr(data, "dtype", np.float64)).itemsize)
         for r0 in range(0, h, step):
             block = np.asarray(data[r0 : r0 + step], dtype=np.float64)
-            out[r0 : r0 + step] = block @ proj - offset
+            out[r0 : r0 + step] = (block if every else block[:, :, good]) @ proj - offset
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
-        return {
+        """The arrays saved with a model; ``good_bands`` only when some band is bad, so models
+        without bad bands keep their files and fingerprints."""
+        out = {
             "mean": self.mean.copy(),
             "components": self.components.copy(),
             "scale_mean": self.scale_mean.copy(),
             "scale_std": self.scale_std.copy(),
             "explained_variance": self.explained_variance.copy(),
         }
+        if not self.good_bands.all():
+            out["good_bands"] = self.good_bands.astype(np.uint8)
+        return out
 
     @classmethod
     def from_arrays(cls, d: dict[str, np.ndarray]) -> Preprocessor:
@@ -176,4 +209,5 @@ class Preprocessor:
             d["scale_mean"],
             d["scale_std"],
             d.get("explained_variance"),
+            d.get("good_bands"),
         )

@@ -1,8 +1,10 @@
 """Qt-free, torch-free reading and writing of hyperspectral cubes and label maps.
 
 Formats: ENVI (header + data file, any interleave, byte order and data type; memory-mapped),
-MATLAB ``.mat`` v5 and v7.3, ``.npy`` (memory-mapped) and TIFF / GeoTIFF. A cube is ``(H, W, B)``
-and stays lazy (a memmap or a LazyArray), so multi-GB files open at once.
+MATLAB ``.mat`` v5 and v7.3, ``.npy`` (memory-mapped), TIFF / GeoTIFF, and the sensor products
+EnMAP / DESIS (folder or SPECTRAL_IMAGE GeoTIFF), EMIT netCDF, PRISMA L2D ``.he5`` and NEON AOP
+``.h5``. A cube is ``(H, W, B)`` and stays lazy (a memmap or a LazyArray), so multi-GB files open
+at once. Cubes and label maps carry their georeferencing (``Georef``) through to the writers.
 
 ``load_input`` also takes the sample specs ``sample:indian_pines`` and
 ``sample:synthetic[?size=64&height=..&width=..&bands=50&classes=5&noise=0.02&seed=0]``.
@@ -17,12 +19,15 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
+from .._atomic import atomic_path
 from ..errors import InputError
-from . import _envi, _mat, _other
+from . import _envi, _mat, _other, _products
+from ._georef import Georef, orthorectify
 from ._types import Cube, LabelMap, LazyArray, band_first, default_colors
 
 __all__ = [
     "Cube",
+    "Georef",
     "LabelMap",
     "LazyArray",
     "band_first",
@@ -32,20 +37,34 @@ __all__ = [
     "load_input",
     "read_cube",
     "read_labels",
+    "write_confidence",
     "write_cube",
     "write_labels",
+    "write_prediction",
 ]
 
-FORMATS = "ENVI (.hdr + data file), MATLAB .mat (v5, v7.3), .npy, TIFF"
+FORMATS = (
+    "ENVI (.hdr + data file), MATLAB .mat (v5, v7.3), .npy, TIFF/GeoTIFF, an EnMAP or DESIS "
+    "product folder, EMIT .nc, PRISMA L2D .he5, NEON AOP .h5"
+)
 TIFF_EXTS = (".tif", ".tiff")
+HDF5_EXTS = {".nc": "emit", ".he5": "prisma", ".h5": "neon"}
 
 
 def detect_format(path: str | os.PathLike) -> str | None:
-    """'envi', 'mat', 'npy', 'tiff' or None, from the name and the first bytes only."""
+    """'envi', 'mat', 'npy', 'tiff', 'folder' (EnMAP/DESIS), 'emit', 'prisma', 'neon' or None,
+    from the name and the first bytes (HDF5: the group names) only."""
     path = Path(path)
+    if path.is_dir():
+        try:
+            return "folder" if _products.folder_image(path) is not None else None
+        except OSError:
+            return None
     if not path.is_file():
         return None
     ext = path.suffix.lower()
+    if ext in HDF5_EXTS:
+        return _products.hdf5_product(path)
     if ext == ".hdr":
         return "envi" if _envi.is_header(path) else None
     if ext == ".mat":
@@ -65,11 +84,11 @@ def detect_format(path: str | os.PathLike) -> str | None:
 
 def _checked(path: str | os.PathLike, key: str | None) -> tuple[Path, str]:
     path = Path(path).expanduser()
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory; give a cube or label file ({FORMATS})")
     if not path.exists():
         raise InputError(f"{path}: no such file")
     fmt = detect_format(path)
+    if path.is_dir() and fmt is None:
+        raise InputError(f"{path}: is a directory; give a cube or label file ({FORMATS})")
     if fmt is None:
         if path.suffix.lower() in _envi.DATA_EXTS:
             raise InputError(f"{path}: no ENVI header beside it (expected {path.stem}.hdr)")
@@ -88,6 +107,15 @@ def read_cube(path: str | os.PathLike, key: str | None = None) -> Cube:
         return _mat.read_cube(path, key)
     if fmt == "npy":
         return _other.read_npy_cube(path)
+    if fmt == "folder":
+        return _other.read_tiff_cube(_products.folder_image(path))  # type: ignore[arg-type]
+    if fmt in HDF5_EXTS.values():
+        reader = {"emit": _products.read_emit, "prisma": _products.read_prisma,
+                  "neon": _products.read_neon}[fmt]  # fmt: skip
+        try:
+            return reader(path)
+        except (KeyError, OSError, ValueError) as e:
+            raise InputError(f"{path}: not a readable {fmt.upper()} product ({e})") from e
     return _other.read_tiff_cube(path)
 
 
@@ -100,6 +128,8 @@ def read_labels(path: str | os.PathLike, key: str | None = None) -> LabelMap:
         return _mat.read_labels(path, key)
     if fmt == "npy":
         return _other.read_npy_labels(path)
+    if fmt != "tiff":
+        raise InputError(f"{path}: a {fmt} product holds a cube, not a label map")
     return _other.read_tiff_labels(path)
 
 
@@ -131,8 +161,12 @@ def write_labels(
             given = np.asarray(cols, dtype=np.uint8).reshape(-1, 3)
             base[: len(given)] = given
         cols = base
-    out = LabelMap(data=labels.data, class_names=names, colors=cols, name=labels.name)
+    data, georef = np.asarray(labels.data), labels.georef
     ext = path.suffix.lower()
+    if georef is not None and georef.is_swath and (ext in TIFF_EXTS or ext == ".hdr"
+                                                   or ext in _envi.DATA_EXTS):  # fmt: skip
+        data, georef = orthorectify(data, georef.glt), Georef(georef.transform, georef.crs)
+    out = LabelMap(data=data, class_names=names, colors=cols, name=labels.name, georef=georef)
     if ext == ".hdr" or ext in _envi.DATA_EXTS:
         return _envi.write_labels(path, out)
     if ext == ".mat":
@@ -142,6 +176,57 @@ def write_labels(
     if ext == ".npy":
         return _other.write_npy_labels(path, out)
     raise InputError(f"{path}: label maps are written as .hdr/.img (ENVI), .mat, .tif or .npy")
+
+
+# What each output format cannot keep of a class map, in one line (printed by the CLI).
+NOT_KEPT = {
+    "tif": "nothing (CRS, transform, palette, class names, no-data 0 are all written)",
+    "hdr": "a sheared or mirrored transform (ENVI map info holds pixel sizes and a rotation)",
+    "mat": "the georeferencing (CRS and transform): MATLAB files have no place for them",
+    "npy": "the georeferencing, class names and colours: a .npy holds the bare array",
+}
+
+
+def write_confidence(
+    path: str | os.PathLike, confidence: np.ndarray, georef: Georef | None
+) -> Path:
+    """A confidence map beside a class map: GeoTIFF (``.tif``) or ENVI (``.hdr``) float32 with
+    the georeferencing and no-data 0 (swaths orthorectified), else ``.npy``."""
+    path = Path(path)
+    data = np.asarray(confidence, np.float32)
+    if georef is not None and georef.is_swath and path.suffix.lower() in (*TIFF_EXTS, ".hdr"):
+        data, georef = orthorectify(data, georef.glt), Georef(georef.transform, georef.crs)
+    if path.suffix.lower() in TIFF_EXTS:
+        return _other.write_tiff_raster(path, data, georef, nodata=0.0)
+    if path.suffix.lower() == ".hdr":
+        header = {"description": "confidence, written by napari-mtmsd", "data ignore value": 0,
+                  **_envi.georef_header(georef)}  # fmt: skip
+        return _envi.write(path, data[:, :, None], header)
+    path = path.with_suffix(".npy")
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, data)
+    return path
+
+
+def write_prediction(
+    out_dir: str | os.PathLike,
+    stem: str,
+    fmt: str,
+    class_map: np.ndarray,
+    confidence: np.ndarray,
+    class_names: list[str] | None,
+    colors: np.ndarray | None,
+    georef: Georef | None,
+) -> tuple[Path, Path, str | None]:
+    """Class and confidence maps of one cube in ``fmt`` (tif, hdr, mat, npy), georeferenced
+    where the format allows; returns their paths and a line saying what ``fmt`` did not keep."""
+    out = Path(out_dir)
+    labels = LabelMap(data=np.asarray(class_map), name=stem, georef=georef)
+    classes = write_labels(out / f"{stem}_classes.{fmt}", labels, class_names, colors)
+    conf_ext = fmt if fmt in ("tif", "hdr") else "npy"
+    conf = write_confidence(out / f"{stem}_confidence.{conf_ext}", confidence, georef)
+    note = None if fmt == "tif" else f".{fmt} does not keep {NOT_KEPT[fmt]}"
+    return classes, conf, note
 
 
 def _parse_synthetic(spec: str) -> dict[str, Any]:
@@ -216,6 +301,25 @@ def _cube_info(cube: Cube) -> dict[str, Any]:
               "reflectance_scale_factor", "default_bands"):  # fmt: skip
         if k in meta:
             info[k] = meta[k]
+    info["sensor"] = meta.get("sensor")
+    info.update(_georef_info(cube.georef))
+    bad = [] if cube.bad_bands is None else np.flatnonzero(cube.bad_bands).tolist()
+    info["bad_bands"] = f"{len(bad)} declared: {bad}" if bad else "none declared"
+    return info
+
+
+def _georef_info(georef: Georef | None) -> dict[str, Any]:
+    if georef is None:
+        return {"crs": None}
+    epsg = georef.epsg() if georef.crs else None
+    info: dict[str, Any] = {
+        "crs": f"EPSG:{epsg} ({georef.crs_name()})" if epsg else georef.crs_name(),
+        "pixel_size": list(georef.pixel_size) if georef.pixel_size else None,
+    }
+    if georef.rotation:
+        info["rotation_deg"] = georef.rotation
+    if georef.is_swath:
+        info["geometry"] = f"swath; GLT grid {list(georef.glt.shape[1:])} (pixel size of the grid)"
     return info
 
 
@@ -234,6 +338,7 @@ def _labels_info(labels: LabelMap) -> dict[str, Any]:
     for k in ("format", "path", "key", "variables", "other_variables"):
         if k in labels.metadata:
             info[k] = labels.metadata[k]
+    info.update(_georef_info(labels.georef))
     return info
 
 

@@ -12,6 +12,7 @@ import spectral.io.envi as envi
 
 from .._atomic import atomic_path
 from ..errors import InputError
+from ._georef import Georef, from_envi, to_envi
 from ._types import Cube, LabelMap, advise, row_chunks
 
 # Data-file extensions looked for beside a header, in this order (then without extension).
@@ -176,6 +177,20 @@ def header_metadata(h: dict, hdr: Path, data: Path) -> dict:
     return meta
 
 
+def header_georef(h: dict, hdr: Path) -> Georef | None:
+    """``map info`` + ``coordinate system string``, with the header named in any error."""
+    try:
+        return from_envi(h.get("map info"), h.get("coordinate system string"))
+    except InputError as e:
+        raise InputError(f"{hdr}: {e}") from e
+
+
+def bad_bands(h: dict, n_bands: int) -> np.ndarray | None:
+    """ENVI's ``bbl`` (1 = good, 0 = bad) as a bad-band mask; None when absent or malformed."""
+    bbl = _floats(h.get("bbl"))
+    return None if bbl is None or bbl.size != n_bands else bbl == 0
+
+
 def read_cube(path: Path) -> Cube:
     hdr, data = resolve(path)
     h, mm = open_memmap(hdr, data)
@@ -191,6 +206,8 @@ def read_cube(path: Path) -> Cube:
         ignore_value=meta.get("data_ignore_value"),
         name=hdr.stem,
         metadata=meta,
+        georef=header_georef(h, hdr),
+        bad_bands=bad_bands(h, mm.shape[2]),
     )
 
 
@@ -218,6 +235,7 @@ def read_labels(path: Path) -> LabelMap:
         colors=colors,
         name=hdr.stem,
         metadata=header_metadata(h, hdr, data),
+        georef=header_georef(h, hdr),
     )
 
 
@@ -289,7 +307,16 @@ def write_cube(path: Path, cube: Cube) -> Path:
         header["reflectance scale factor"] = meta["reflectance_scale_factor"]
     if cube.ignore_value is not None:
         header["data ignore value"] = f"{cube.ignore_value:g}"
-    return write(path, cube.data, header)
+    if cube.bad_bands is not None:
+        header["bbl"] = [int(not bad) for bad in cube.bad_bands]
+    return write(path, cube.data, {**header, **georef_header(cube.georef)})
+
+
+def georef_header(georef: Georef | None) -> dict[str, str]:
+    """ENVI map fields for an affine grid; nothing for none (a swath is orthorectified first)."""
+    if georef is None or georef.transform is None or georef.glt is not None:
+        return {}
+    return to_envi(georef)
 
 
 def write_labels(path: Path, labels: LabelMap) -> Path:
@@ -303,5 +330,6 @@ def write_labels(path: Path, labels: LabelMap) -> Path:
         "classes": k + 1,
         "class names": names[: k + 1],
         "class lookup": [int(v) for v in np.asarray(labels.colors).reshape(-1)[: 3 * (k + 1)]],
+        **georef_header(labels.georef),
     }
     return write(path, arr.astype(dtype)[:, :, None], header)

@@ -1,4 +1,9 @@
-"""``.npy`` (memory-mapped) and TIFF / GeoTIFF multi-band cubes and label maps."""
+"""``.npy`` (memory-mapped) and TIFF / GeoTIFF multi-band cubes and label maps.
+
+GeoTIFF: georeferencing, GDAL per-band wavelengths / FWHM / bbl, GDAL_NODATA and the ENVI-domain
+class names and lookup (as GDAL and EnMAP-Box write them) are read; class maps are written with
+all of them plus a palette, so QGIS, ENVI and EnMAP-Box show them on the map with their legend.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import tifffile
 
 from .._atomic import atomic_path
 from ..errors import InputError
+from . import _geotiff, _products
+from ._georef import Georef
 from ._types import Cube, LabelMap
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -129,30 +136,72 @@ def read_tiff_cube(path: Path) -> Cube:
         )
     axis = tiff_band_axis(axes, data.shape)
     wl = desc.get("wavelengths")
-    meta = {"format": "tiff", "path": str(path), "axes": axes}
+    meta: dict[str, Any] = {"format": "tiff", "path": str(path), "axes": axes}
     if "geotiff" in desc:
         meta["geotiff"] = desc["geotiff"]
     data = band_last(data, axis)
-    wl = np.asarray(wl, dtype=float) if wl is not None and len(wl) == data.shape[2] else None
-    return Cube(
+    n = data.shape[2]
+    wl = np.asarray(wl, dtype=float) if wl is not None and len(wl) == n else None
+    georef, gdal, nodata = tiff_geo(path)
+    units = desc.get("wavelength_units")
+    if wl is None and (wl := gdal.band_floats("wavelength", n)) is not None:
+        units = gdal.item("wavelength_units") or _one(gdal.bands.get("wavelength_units"))
+    if (fwhm := gdal.band_floats("fwhm", n)) is not None:
+        meta["fwhm"] = fwhm
+    bbl = gdal.band_floats("bbl", n)
+    cube = Cube(
         data=data,
         wavelengths=wl,
-        wavelength_units=desc.get("wavelength_units"),
+        wavelength_units=units,
+        ignore_value=nodata,
         name=path.stem,
         metadata=meta,
+        georef=georef,
+        bad_bands=None if bbl is None else bbl == 0,
     )
+    return _products.with_sidecar_metadata(cube, path)
+
+
+def _one(values: dict[int, str] | None) -> str | None:
+    """The value every band shares, else None."""
+    distinct = set((values or {}).values())
+    return distinct.pop() if len(distinct) == 1 else None
+
+
+def tiff_geo(path: Path) -> tuple[Georef | None, _geotiff.GdalMetadata, float | None]:
+    """(georeferencing, GDAL metadata, GDAL_NODATA) of the first page: tags only."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return (
+                _geotiff.read_georef(page),
+                _geotiff.parse_gdal_metadata(_geotiff._tag(page, _geotiff.GDAL_METADATA)),
+                _geotiff.nodata(page),
+            )
+    except (tifffile.TiffFileError, OSError, IndexError, ValueError) as e:
+        raise InputError(f"{path}: cannot read this TIFF's tags ({e})") from e
 
 
 def read_tiff_labels(path: Path) -> LabelMap:
     data, _, desc = _tiff(path)
     arr = _labels_from_array(path, data)
-    colors = desc.get("colors")
+    georef, gdal, _ = tiff_geo(path)
+    names, colors = desc.get("class_names"), desc.get("colors")
+    if names is None and (text := gdal.item("class names")) is not None:
+        names = [n.strip() for n in text.strip("{} ").split(",")][1:]  # 0 is "Unclassified"
+    if colors is None and (lookup := gdal.item("class lookup")) is not None:
+        try:
+            colors = np.asarray([int(float(v)) for v in lookup.strip("{} ").split(",")])
+            colors = colors.reshape(-1, 3) if colors.size % 3 == 0 else None
+        except ValueError:
+            colors = None
     return LabelMap(
         data=arr,
-        class_names=desc.get("class_names"),
+        class_names=names,
         colors=np.asarray(colors, dtype=np.uint8) if colors is not None else None,
         name=path.stem,
         metadata={"format": "tiff", "path": str(path)},
+        georef=georef,
     )
 
 
@@ -174,13 +223,50 @@ def write_npy_labels(path: Path, labels: LabelMap) -> Path:
 
 
 def write_tiff_labels(path: Path, labels: LabelMap) -> Path:
-    """A 2-D TIFF; class names and colours ride in tifffile's JSON description."""
+    """A 2-D GeoTIFF class map: palette, GDAL_NODATA = 0, the ENVI-domain ``class_names``,
+    ``class_lookup``, ``classes`` and ``file_type`` GDAL metadata, CRS and geotransform; names
+    and colours also ride in tifffile's JSON description."""
     meta: dict[str, Any] = {}
     if labels.class_names:
         meta["class_names"] = list(labels.class_names)
     if labels.colors is not None:
         meta["colors"] = np.asarray(labels.colors).tolist()
     json.dumps(meta)  # fail here, before writing, on anything tifffile could not store
+    arr = np.asarray(labels.data)
+    k = labels.n_classes
+    names = ["Unclassified", *(labels.class_names or [])]
+    names += [f"class {i}" for i in range(len(names), k + 1)]
+    colors = np.asarray(labels.colors, dtype=np.uint8).reshape(-1, 3)[: k + 1]
+    envi = {
+        "class_lookup": "{" + ", ".join(str(int(v)) for v in colors.ravel()) + "}",
+        "class_names": "{" + ", ".join(n.replace(",", " ") for n in names[: k + 1]) + "}",
+        "classes": str(k + 1),
+        "file_type": "ENVI Classification",
+    }
+    xml = _geotiff.gdal_metadata_xml({("ENVI", key): value for key, value in envi.items()})
+    extra = [
+        *_geotiff.georef_tags(labels.georef),
+        (_geotiff.GDAL_METADATA, "s", 0, xml, True),
+        (_geotiff.GDAL_NODATA, "s", 0, "0", True),
+    ]
+    kwargs: dict[str, Any] = {}
+    if k < 65536:
+        dtype = np.uint8 if k < 256 else np.uint16
+        cmap = np.zeros((3, 2 ** (8 * np.dtype(dtype).itemsize)), np.uint16)
+        cmap[:, : len(colors)] = colors.T.astype(np.uint16) * 257
+        arr = arr.astype(dtype, copy=False)
+        kwargs = {"photometric": "palette", "colormap": cmap}
     with atomic_path(path, suffix=Path(path).suffix or ".tif") as tmp:
-        tifffile.imwrite(tmp, np.asarray(labels.data), metadata=meta, compression="zlib")
+        tifffile.imwrite(tmp, arr, metadata=meta, compression="zlib", extratags=extra, **kwargs)
+    return Path(path)
+
+
+def write_tiff_raster(path: Path, data: np.ndarray, georef: Georef | None, nodata: float) -> Path:
+    """A single-band float32 GeoTIFF (a confidence map) with georeferencing and GDAL_NODATA."""
+    extra = [*_geotiff.georef_tags(georef), (_geotiff.GDAL_NODATA, "s", 0, f"{nodata:g}", True)]
+    with atomic_path(path, suffix=Path(path).suffix or ".tif") as tmp:
+        tifffile.imwrite(
+            tmp, np.asarray(data, np.float32), compression="zlib", extratags=extra,
+            metadata=None,
+        )  # fmt: skip
     return Path(path)

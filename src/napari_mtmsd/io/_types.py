@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ._georef import Georef
 
 # Rows per chunk are chosen so that one chunk of a cube stays near this many bytes: valid_mask and
 # writers then work on multi-GB memory-mapped cubes without loading them.
@@ -119,7 +120,12 @@ def row_chunks(shape: tuple[int, ...], itemsize: int) -> range:
 
 @dataclass
 class Cube:
-    """A hyperspectral cube ``(H, W, B)``; ``data`` may be a memmap or a LazyArray (not copied)."""
+    """A hyperspectral cube ``(H, W, B)``; ``data`` may be a memmap or a LazyArray (not copied).
+
+    ``bad_bands`` (B,) bool marks bands the product declares unusable (ENVI ``bbl``, EMIT
+    ``good_wavelengths``, ...); bands that hold no valid value anywhere are found on the first
+    ``valid_mask``/``good_bands`` call. Neither ever voids a pixel.
+    """
 
     data: Any
     wavelengths: np.ndarray | None = None
@@ -127,6 +133,11 @@ class Cube:
     ignore_value: float | None = None
     name: str = "cube"
     metadata: dict = field(default_factory=dict)
+    georef: Georef | None = None
+    bad_bands: np.ndarray | None = None
+    _scan: tuple[np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if getattr(self.data, "ndim", None) != 3:
@@ -141,6 +152,12 @@ class Cube:
             if self.wavelengths.size != self.n_bands:
                 raise InputError(
                     f"{self.name}: {self.wavelengths.size} wavelengths for {self.n_bands} bands"
+                )
+        if self.bad_bands is not None:
+            self.bad_bands = np.asarray(self.bad_bands, dtype=bool).ravel()
+            if self.bad_bands.size != self.n_bands:
+                raise InputError(
+                    f"{self.name}: {self.bad_bands.size} bad-band flags for {self.n_bands} bands"
                 )
 
     @property
@@ -171,21 +188,72 @@ class Cube:
             h.update(np.ascontiguousarray(np.asarray(self.data[r0 : r0 + chunks.step])).tobytes())
         return h.hexdigest()
 
-    def valid_mask(self) -> np.ndarray:
-        """(H, W) bool: False where any band is NaN/Inf or every band equals the ignore value.
+    def valid_mask(self, bands: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) bool: False where a used band is NaN/Inf or every used band equals the ignore
+        value. Used bands: ``bands`` (a (B,) bool mask) if given, else ``good_bands()``.
 
-        Computed row-chunk by row-chunk, so it works on cubes larger than memory.
+        Computed row-chunk by row-chunk, so it works on cubes larger than memory; the default
+        result is cached (one pass, two when some band turns out to be empty).
         """
-        h, w, _ = self.shape
+        if bands is not None:
+            return self._pixels(np.asarray(bands, dtype=bool), scan_bands=False)[0]
+        if self._scan is None:
+            declared = self.declared_good()
+            mask, has_data = self._pixels(declared, scan_bands=True)
+            good = declared & has_data
+            if not np.array_equal(good, declared):
+                mask = self._pixels(good, scan_bands=False)[0]
+            self._scan = (mask, good)
+        return self._scan[0].copy()
+
+    def declared_good(self) -> np.ndarray:
+        return np.ones(self.n_bands, bool) if self.bad_bands is None else ~self.bad_bands
+
+    def good_bands(self) -> np.ndarray:
+        """(B,) bool: bands neither declared bad nor empty (no valid value anywhere)."""
+        self.valid_mask()
+        return self._scan[1].copy()  # type: ignore[index]
+
+    def _pixels(self, used: np.ndarray, scan_bands: bool) -> tuple[np.ndarray, np.ndarray]:
+        h, w, b = self.shape
         mask = np.ones((h, w), dtype=bool)
+        has_data = np.ones(b, dtype=bool)
         floating = np.issubdtype(self.data.dtype, np.floating)
         if not floating and self.ignore_value is None:
-            return mask
+            return mask, has_data
+        has_data[:] = False
+        if not used.any():
+            mask[:] = False
+            if not scan_bands:
+                return mask, has_data
         chunks = row_chunks(self.shape, self.data.dtype.itemsize)
+        every = bool(used.all())
         for r0 in chunks:
             block = np.asarray(self.data[r0 : r0 + chunks.step])
-            mask[r0 : r0 + block.shape[0]] = valid_pixels(block, self.ignore_value)
-        return mask
+            if scan_bands:
+                ok = np.isfinite(block) if floating else np.ones(block.shape, bool)
+                if self.ignore_value is not None:
+                    ok &= block != self.ignore_value
+                has_data |= ok.reshape(-1, b).any(axis=0)
+            if used.any():
+                mask[r0 : r0 + block.shape[0]] = valid_pixels(
+                    block if every else block[:, :, used], self.ignore_value
+                )
+        return mask, has_data
+
+    def crop(self, rows: slice, cols: slice) -> Cube:
+        """``data[rows, cols]`` with the georeferencing moved along (contiguous slices)."""
+        georef = None if self.georef is None else self.georef.crop(rows, cols, self.shape[:2])
+        return Cube(
+            data=self.data[rows, cols],
+            wavelengths=self.wavelengths,
+            wavelength_units=self.wavelength_units,
+            ignore_value=self.ignore_value,
+            name=self.name,
+            metadata=dict(self.metadata),
+            georef=georef,
+            bad_bands=self.bad_bands,
+        )
 
 
 def valid_pixels(block: np.ndarray, ignore_value: float | None) -> np.ndarray:
@@ -208,6 +276,7 @@ class LabelMap:
     colors: np.ndarray | None = None  # (K + 1, 3) uint8, row 0 = background
     name: str = "labels"
     metadata: dict = field(default_factory=dict)
+    georef: Georef | None = None
 
     def __post_init__(self) -> None:
         if getattr(self.data, "ndim", None) != 2:
@@ -219,6 +288,17 @@ class LabelMap:
             raise InputError(f"{self.name}: a label map must hold integers, got {self.data.dtype}")
         if self.colors is not None:
             self.colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
+
+    def crop(self, rows: slice, cols: slice) -> LabelMap:
+        georef = None if self.georef is None else self.georef.crop(rows, cols, self.data.shape)
+        return LabelMap(
+            data=self.data[rows, cols],
+            class_names=self.class_names,
+            colors=self.colors,
+            name=self.name,
+            metadata=dict(self.metadata),
+            georef=georef,
+        )
 
     @property
     def n_classes(self) -> int:
