@@ -75,7 +75,7 @@ class Georef:
 
     def epsg(self) -> int | None:
         crs = to_pyproj(self.crs)
-        return None if crs is None else crs.to_epsg()
+        return None if crs is None else crs.to_epsg(min_confidence=100)
 
     def crs_name(self) -> str | None:
         crs = to_pyproj(self.crs)
@@ -114,9 +114,8 @@ class Georef:
             return {}
         _, a, b, _, d, e = self.transform
         m = np.array([[e, d], [b, a]])  # (row, col) -> (y, x)
-        sy, sx = -math.hypot(e, b), math.hypot(a, d)
-        if e > 0:
-            sy = -sy
+        # easting grows with columns; northing's scale takes the sign that leaves a rotation
+        sx, sy = math.hypot(a, d), math.copysign(math.hypot(e, b), np.linalg.det(m))
         rot = m @ np.diag([1 / sy, 1 / sx])
         y, x = self.pixel_centre(0, 0)[::-1]
         out: dict[str, Any] = {"scale": (sy, sx), "translate": (y, x)}
@@ -152,7 +151,15 @@ def same_crs(a: str | None, b: str | None) -> bool:
         return not a and not b
     if a == b:
         return True
-    return bool(to_pyproj(a).equals(to_pyproj(b), ignore_axis_order=True))
+    ca, cb = to_pyproj(a), to_pyproj(b)
+    if ca.equals(cb, ignore_axis_order=True):
+        return True
+    # ESRI WKT renames datums ("D_Unknown..."): then the projection parameters decide.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return bool(ca.to_proj4() == cb.to_proj4())
 
 
 def orthorectify(swath: np.ndarray, glt: np.ndarray, fill: Any = 0) -> np.ndarray:

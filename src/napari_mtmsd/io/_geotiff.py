@@ -154,7 +154,7 @@ def georef_tags(georef: Georef | None) -> list[tuple]:
     keys = [(_RASTER, 0, 1, 1)]
     ascii_ = ""
     if crs is not None:
-        epsg = crs.to_epsg()
+        epsg = crs.to_epsg(min_confidence=100)  # a near match would change the CRS
         keys.append((_MODEL, 0, 1, 2 if crs.is_geographic else 1))
         if epsg:
             keys.append((_GEOGRAPHIC if crs.is_geographic else _PROJECTED, 0, 1, epsg))
