@@ -88,3 +88,30 @@ def test_save_labels_through_the_plugin(make_napari_viewer, tmp_path):
     back = io.read_labels(paths[0])
     np.testing.assert_array_equal(back.data, layer.data)
     assert back.class_names == layer.metadata["class_names"]
+
+
+def test_map_coordinates_line_up_cube_and_class_map(make_napari_viewer, tmp_path, envi_file,
+                                                      monkeypatch):  # fmt: skip
+    """With NAPARI_MTMSD_COORDS=map a rotated ENVI cube and its GeoTIFF class map put every
+    pixel centre at its (northing, easting); a saved class map keeps the georeferencing."""
+    from napari_mtmsd.io import LabelMap, read_cube, read_labels, write_labels
+
+    monkeypatch.setenv("NAPARI_MTMSD_COORDS", "map")
+    cube = np.random.default_rng(0).random((9, 8, 12)).astype(np.float32)
+    extra = ("map info = {UTM, 1, 1, 724522.127, 4074620.759, 5.1, 5.1, 11, North, WGS-84, "
+             "units=Meters, rotation=30}\n")  # fmt: skip
+    hdr = envi_file(tmp_path / "ang.hdr", cube, "bil", extra=extra)
+    georef = read_cube(hdr).georef
+    write_labels(tmp_path / "classes.tif", LabelMap(np.eye(9, 8, dtype=np.uint8), ["a"],
+                                                    georef=georef))  # fmt: skip
+    viewer = make_napari_viewer()
+    image, preview = viewer.open(hdr, plugin=PLUGIN)
+    (labels,) = viewer.open(tmp_path / "classes.tif", plugin=PLUGIN)
+    assert viewer.dims.axis_labels[-2:] == ("northing", "easting")
+    for r, c in [(0, 0), (4, 6), (8, 7)]:
+        y, x = georef.pixel_centre(r, c)[::-1]
+        np.testing.assert_allclose(image.data_to_world((0, r, c))[1:], (y, x), atol=1e-6)
+        np.testing.assert_allclose(labels.data_to_world((r, c)), (y, x), atol=1e-6)
+        np.testing.assert_allclose(preview.data_to_world((r, c)), (y, x), atol=1e-6)
+    labels.save(str(tmp_path / "saved.tif"), plugin=PLUGIN)
+    assert read_labels(tmp_path / "saved.tif").georef == georef

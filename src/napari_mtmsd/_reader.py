@@ -2,19 +2,26 @@
 
 ``get_reader`` looks at names and magic bytes only, answers None for anything else, and never
 raises. Errors while reading become a napari notification naming the file, not a traceback.
+
+Layers are in pixel coordinates unless map coordinates are asked for (``coords="map"``, or the
+environment variable ``NAPARI_MTMSD_COORDS=map`` for files opened from napari's menus): then a
+georeferenced cube or class map gets ``scale``/``translate``/``rotate`` that put every pixel
+centre at its (northing, easting), and the status bar shows map coordinates. Northing grows
+upwards on a map: ``viewer.camera.orientation2d = ("up", "right")`` shows it so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import MTMSDError
-from .io import Cube, LabelMap, band_first, detect_format, read_cube, read_labels
-from .io._other import npy_header, tiff_band_axis, tiff_info
+from .io import Cube, Georef, LabelMap, band_first, detect_format, read_cube, read_labels
+from .io._other import npy_header, tiff_band_axis, tiff_geo, tiff_info
 
 RGB_NM = (640.0, 550.0, 460.0)
 PERCENTILES = (1.0, 99.0)
@@ -25,12 +32,22 @@ PREVIEW_BUDGET = 64 * 2**20
 PAGE = 4096
 
 LayerData = tuple[Any, dict, str]
+COORDS_ENV = "NAPARI_MTMSD_COORDS"
+PRODUCTS = ("folder", "emit", "prisma", "neon")
+
+
+def map_coords_requested(coords: str | None = None) -> bool:
+    """``coords`` ('map' or 'pixel'), else the NAPARI_MTMSD_COORDS environment variable."""
+    choice = (coords or os.environ.get(COORDS_ENV, "pixel")).strip().lower()
+    return choice == "map"
 
 
 def _kind(path: Path, fmt: str | None) -> str | None:
     """'envi', 'mat' (cube or labels: decided when reading), 'cube', 'labels'; None: not ours."""
     if fmt in ("envi", "mat"):
         return fmt
+    if fmt in PRODUCTS:
+        return "cube"
     if fmt == "npy":
         head = npy_header(path)
         if head is None or head[1].kind not in "biuf":
@@ -44,6 +61,8 @@ def _kind(path: Path, fmt: str | None) -> str | None:
             return None
         shape, axes, meta = info
         if len(shape) == 2 and ("class_names" in meta or "colors" in meta):
+            return "labels"
+        if len(shape) == 2 and "Classification" in (tiff_geo(path)[1].item("file type") or ""):
             return "labels"
         if len(shape) == 3:
             # RGB(A) photos (3-4 samples) stay with napari's builtin reader.
@@ -82,20 +101,43 @@ def _notify(level: str, message: str) -> None:
     {"error": notifications.show_error, "info": notifications.show_info}[level](message)
 
 
-def read_layers(path: str | Path) -> list[LayerData]:
-    """Layer data tuples for one file (raises InputError with a clear message)."""
+def read_layers(path: str | Path, coords: str | None = None) -> list[LayerData]:
+    """Layer data tuples for one file (raises InputError with a clear message); ``coords``
+    'map' places georeferenced layers in map units (default: pixels, or NAPARI_MTMSD_COORDS)."""
     path = Path(path)
     kind = _kind(path, detect_format(path))
+    on_map = map_coords_requested(coords)
     if kind == "envi":
         cube = read_cube(path)
         if "Classification" in cube.metadata.get("file_type", ""):
-            return [labels_layer(read_labels(path))]
-        return cube_layers(cube)
+            return [labels_layer(read_labels(path), map_coords=on_map)]
+        return cube_layers(cube, map_coords=on_map)
     if kind == "mat":
         return _mat_layers(path)
     if kind == "labels":
-        return [labels_layer(read_labels(path))]
-    return cube_layers(read_cube(path))
+        return [labels_layer(read_labels(path), map_coords=on_map)]
+    return cube_layers(read_cube(path), map_coords=on_map)
+
+
+def map_transform(georef: Georef | None, extra_dims: int = 0, step: int = 1) -> dict[str, Any]:
+    """napari ``scale``/``translate``/``rotate`` for a layer on the map (pixel centres at their
+    northing/easting), with ``extra_dims`` unit axes in front and pixels ``step`` apart."""
+    t = georef.napari_transform() if georef is not None else {}
+    if "scale" not in t:
+        return {}
+    rot = np.asarray(t.get("rotate", np.eye(2)))
+    scale = np.asarray(t["scale"]) * step
+    centre = (step - 1) / 2
+    translate = np.asarray(t["translate"]) + rot @ (np.asarray(t["scale"]) * centre)
+    full_rot = np.eye(2 + extra_dims)
+    full_rot[extra_dims:, extra_dims:] = rot
+    out = {
+        "scale": (1.0,) * extra_dims + tuple(float(v) for v in scale),
+        "translate": (0.0,) * extra_dims + tuple(float(v) for v in translate),
+    }
+    if "rotate" in t:
+        out["rotate"] = full_rot
+    return out
 
 
 def _mat_layers(path: Path) -> list[LayerData]:
@@ -206,8 +248,9 @@ def _plain(value: Any) -> Any:
     return value.tolist() if isinstance(value, np.ndarray) else value
 
 
-def cube_layers(cube: Cube, preview: bool = True) -> list[LayerData]:
-    """A band-first Image layer (lazy view, percentile contrast) and an RGB preview layer."""
+def cube_layers(cube: Cube, preview: bool = True, map_coords: bool = False) -> list[LayerData]:
+    """A band-first Image layer (lazy view, percentile contrast) and an RGB preview layer, in
+    map units when ``map_coords`` and the cube is georeferenced on a grid."""
     meta = {k: _plain(v) for k, v in cube.metadata.items()}
     meta.update(
         wavelengths=_plain(cube.wavelengths),
@@ -216,7 +259,10 @@ def cube_layers(cube: Cube, preview: bool = True) -> list[LayerData]:
         cube_shape=list(cube.shape),
         band_axis=0,
         cube=cube,  # the lazy (H, W, B) cube itself, so widgets never re-read or copy the data
+        georef=cube.georef,
     )
+    placed = map_transform(cube.georef, extra_dims=1) if map_coords else {}
+    spatial = ("northing", "easting") if placed else ("y", "x")
     wl = cube.wavelengths
     name = cube.name
     if wl is not None:
@@ -228,8 +274,9 @@ def cube_layers(cube: Cube, preview: bool = True) -> list[LayerData]:
                 "name": name,
                 "metadata": meta,
                 "contrast_limits": robust_range(_sample_pixels(cube), cube.ignore_value),
-                "axis_labels": ("band", "y", "x"),
+                "axis_labels": ("band", *spatial),
                 "colormap": "gray",
+                **placed,
             },
             "image",
         )
@@ -237,14 +284,15 @@ def cube_layers(cube: Cube, preview: bool = True) -> list[LayerData]:
     if preview:
         rgb, step, bands, how = rgb_preview(cube)
         label = ", ".join(f"{b} ({wl[b]:g})" if wl is not None else str(b) for b in bands)
+        where = map_transform(cube.georef, step=step) if placed else {}
+        where = where or {"scale": (step, step), "translate": ((step - 1) / 2, (step - 1) / 2)}
         layers.append(
             (
                 rgb,
                 {
                     "name": f"{cube.name} RGB preview",
                     "rgb": True,
-                    "scale": (step, step),
-                    "translate": ((step - 1) / 2, (step - 1) / 2),
+                    **where,
                     "metadata": {"rgb_bands": bands, "rgb_bands_from": how, "description": label},
                 },
                 "image",
@@ -253,8 +301,9 @@ def cube_layers(cube: Cube, preview: bool = True) -> list[LayerData]:
     return layers
 
 
-def labels_layer(labels: LabelMap) -> LayerData:
-    """A Labels layer with class names in ``features`` and the file's colours when it has them."""
+def labels_layer(labels: LabelMap, map_coords: bool = False) -> LayerData:
+    """A Labels layer with class names in ``features`` and the file's colours when it has them;
+    in map units when ``map_coords`` and the map is georeferenced on a grid."""
     from napari.utils.colormaps import DirectLabelColormap
 
     from .io import default_colors
@@ -269,7 +318,7 @@ def labels_layer(labels: LabelMap) -> LayerData:
     for i in range(1, k + 1):
         color_dict[i] = (*(np.asarray(colors[i], dtype=float) / 255.0), 1.0)
     meta = {k_: _plain(v) for k_, v in labels.metadata.items()}
-    meta.update(class_names=names[1:], colors=np.asarray(colors).tolist())
+    meta.update(class_names=names[1:], colors=np.asarray(colors).tolist(), georef=labels.georef)
     return (
         np.asarray(labels.data),
         {
@@ -277,6 +326,7 @@ def labels_layer(labels: LabelMap) -> LayerData:
             "metadata": meta,
             "features": {"index": np.arange(k + 1), "class_name": names[: k + 1]},
             "colormap": DirectLabelColormap(color_dict=color_dict),
+            **(map_transform(labels.georef) if map_coords else {}),
         },
         "labels",
     )

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import Cube, LabelMap, write_cube, write_labels
+from .io import Cube, Georef, LabelMap, write_cube, write_labels
 from .io._envi import output_paths
 
 
@@ -26,9 +26,19 @@ def _colors(meta: dict) -> np.ndarray | None:
     return None if colors is None else np.asarray(colors, dtype=np.uint8).reshape(-1, 3)
 
 
+def _georef(meta: dict) -> Georef | None:
+    """The georeferencing the reader (or the classify widget) left in the layer metadata, when
+    it still fits the data."""
+    georef = (meta.get("metadata") or {}).get("georef")
+    return georef if isinstance(georef, Georef) else None
+
+
 def napari_write_labels(path: str, data: Any, meta: dict) -> list[str]:
-    """A Labels layer by extension; class names and colours from the layer metadata/features."""
-    labels = LabelMap(data=np.asarray(data), name=meta.get("name") or Path(path).stem)
+    """A Labels layer by extension; class names, colours and georeferencing from the layer
+    metadata/features."""
+    labels = LabelMap(
+        data=np.asarray(data), name=meta.get("name") or Path(path).stem, georef=_georef(meta)
+    )
     written = write_labels(path, labels, class_names=_class_names(meta), colors=_colors(meta))
     if written.suffix.lower() == ".hdr":
         return [str(p) for p in output_paths(written)]
@@ -61,6 +71,8 @@ def napari_write_cube(path: str, data: Any, meta: dict) -> list[str]:
         name=meta.get("name") or Path(path).stem,
         metadata={k: md[k] for k in ("fwhm", "band_names", "default_bands",
                                       "reflectance_scale_factor") if md.get(k) is not None},
+        georef=_georef(meta) if cube_data.shape[:2] == tuple(md.get("cube_shape", [])[:2])
+        else None,
     )  # fmt: skip
     hdr = write_cube(path, cube)
     return [str(p) for p in output_paths(hdr)]

@@ -3,7 +3,7 @@
 A cube layer is any Image layer with a band axis: three dimensions, one of them bands. The
 reader puts the bands first (napari's convention for a stack, so the slider walks the bands);
 plain arrays work too, with the band axis chosen in the widget. Output layers copy the cube
-layer's spatial ``scale`` and ``translate`` so they overlay it exactly.
+layer's spatial ``scale``, ``translate`` and ``rotate`` so they overlay it exactly.
 """
 
 from __future__ import annotations
@@ -82,13 +82,19 @@ def cube_from_layer(layer: napari.layers.Image, band_axis: int | None = None) ->
     )
 
 
-def spatial_transform(layer: napari.layers.Image, band_axis: int) -> dict[str, tuple]:
-    """``scale`` and ``translate`` of the cube layer's two spatial axes, for output layers."""
+def spatial_transform(layer: napari.layers.Image, band_axis: int) -> dict[str, Any]:
+    """``scale``, ``translate`` and ``rotate`` of the cube layer's two spatial axes, for output
+    layers, and the cube's georeferencing (in ``metadata``) so saved class maps keep it."""
     axes = spatial_axes(band_axis)
-    return {
+    out: dict[str, Any] = {
         "scale": tuple(float(layer.scale[i]) for i in axes),
         "translate": tuple(float(layer.translate[i]) for i in axes),
+        "rotate": np.asarray(layer.rotate)[np.ix_(axes, axes)],
     }
+    georef = (layer.metadata or {}).get("georef")
+    if georef is not None:
+        out["metadata"] = {"georef": georef}
+    return out
 
 
 def class_colormap(colors: np.ndarray) -> Any:
@@ -127,6 +133,8 @@ def show_labels(
         layer.colormap = colormap
         layer.features = class_features(names)
         layer.scale, layer.translate = transform["scale"], transform["translate"]
+        layer.rotate = transform.get("rotate", np.eye(2))
+        layer.metadata = {**layer.metadata, **transform.get("metadata", {})}
         return layer
     return viewer.add_labels(
         data, name=name, colormap=colormap, features=class_features(names), **transform
@@ -149,17 +157,24 @@ def show_image(
         for key, value in kwargs.items():
             if key not in ("rgb", "axis_labels"):
                 setattr(layer, key, value)
-        layer.scale, layer.translate = _pad(transform, data.ndim - (2 + bool(layer.rgb)))
+        layer.scale, layer.translate, layer.rotate = _pad(
+            transform, data.ndim - (2 + bool(layer.rgb))
+        )
         return layer
     if layer is not None:
         viewer.layers.remove(layer)
-    scale, translate = _pad(transform, data.ndim - (2 + bool(kwargs.get("rgb", False))))
-    return viewer.add_image(data, name=name, scale=scale, translate=translate, **kwargs)
+    scale, translate, rotate = _pad(transform, data.ndim - (2 + bool(kwargs.get("rgb", False))))
+    return viewer.add_image(
+        data, name=name, scale=scale, translate=translate, rotate=rotate, **kwargs
+    )
 
 
-def _pad(transform: dict[str, tuple], leading: int) -> tuple[tuple, tuple]:
-    """Spatial scale/translate with unit axes in front for extra (non-spatial) dims."""
+def _pad(transform: dict[str, Any], leading: int) -> tuple[tuple, tuple, np.ndarray]:
+    """Spatial scale/translate/rotate with unit axes in front for extra (non-spatial) dims."""
+    rotate = np.eye(2 + leading)
+    rotate[leading:, leading:] = transform.get("rotate", np.eye(2))
     return (
         (1.0,) * leading + tuple(transform["scale"]),
         (0.0,) * leading + tuple(transform["translate"]),
+        rotate,
     )
