@@ -54,6 +54,9 @@ def test_enmap_geotiff_wavelengths_nodata_and_empty_bands(tmp_path):
     assert good.sum() == 218 and not good[WATER].any()
     valid = c.valid_mask()
     assert not valid[0, 0] and valid.sum() == 29  # only the no-data pixel, not every pixel
+    info = describe(tmp_path / "enmap.tif")
+    assert info["bad_bands"] == "none declared; 6 with no valid value [130, 131, 132, 133, 134, 135]"
+    assert info["crs"].startswith("EPSG:32633") and info["pixel_size"] == [30.0, 30.0]
 
 
 def test_enmap_and_desis_folders_read_band_characterisation(tmp_path):
@@ -138,7 +141,7 @@ def test_emit_netcdf_is_a_lazy_swath_with_glt_and_bad_bands(tmp_path):
     valid = c.valid_mask()
     assert valid.sum() == 19 and not valid[2, 1]  # NaN bad bands void nothing
     assert describe(tmp_path / "EMIT_L2A_RFL_001_20230101T000000_2300101_001.nc")[
-        "bad_bands"] == "2 declared: [3, 4]"  # fmt: skip
+        "bad_bands"] == "2 declared [3, 4]"  # fmt: skip
 
 
 def write_prisma(path: Path, h: int = 4, w: int = 3, centres: bool = False) -> np.ndarray:

@@ -115,3 +115,17 @@ def test_map_coordinates_line_up_cube_and_class_map(make_napari_viewer, tmp_path
         np.testing.assert_allclose(preview.data_to_world((r, c)), (y, x), atol=1e-6)
     labels.save(str(tmp_path / "saved.tif"), plugin=PLUGIN)
     assert read_labels(tmp_path / "saved.tif").georef == georef
+
+
+def test_open_product_files_and_folders(make_napari_viewer, tmp_path):
+    from test_products import enmap_cube, write_emit, write_enmap_tif
+
+    folder = tmp_path / "ENMAP01-____L2A-DT0000001280_20220609T081229Z_001_V010111"
+    folder.mkdir()
+    write_enmap_tif(folder / f"{folder.name}-SPECTRAL_IMAGE.TIF", enmap_cube())
+    write_emit(tmp_path / "EMIT_L2A_RFL.nc", np.random.default_rng(0).random((5, 4, 10)))
+    viewer = make_napari_viewer()
+    image, _ = viewer.open(folder, plugin=PLUGIN)
+    assert image.data.shape == (224, 6, 5) and len(image.metadata["wavelengths"]) == 224
+    image, _ = viewer.open(tmp_path / "EMIT_L2A_RFL.nc", plugin=PLUGIN)
+    assert image.data.shape == (10, 5, 4) and image.metadata["sensor"] == "EMIT"

@@ -301,11 +301,24 @@ def _cube_info(cube: Cube) -> dict[str, Any]:
               "reflectance_scale_factor", "default_bands"):  # fmt: skip
         if k in meta:
             info[k] = meta[k]
-    info["sensor"] = meta.get("sensor")
+    info["sensor"] = meta.get("sensor", "unknown")
     info.update(_georef_info(cube.georef))
-    bad = [] if cube.bad_bands is None else np.flatnonzero(cube.bad_bands).tolist()
-    info["bad_bands"] = f"{len(bad)} declared: {bad}" if bad else "none declared"
+    info["bad_bands"] = _bad_bands_info(cube)
     return info
+
+
+SCAN_BYTES = 256 * 2**20  # info scans cubes up to this size for bands that hold no data
+
+
+def _bad_bands_info(cube: Cube) -> str:
+    """Declared bad bands (0-based), and empty bands when the cube is small enough to scan."""
+    declared = [] if cube.bad_bands is None else np.flatnonzero(cube.bad_bands).tolist()
+    text = f"{len(declared)} declared {declared}" if declared else "none declared"
+    nbytes = int(np.prod(cube.shape)) * np.dtype(cube.data.dtype).itemsize
+    if nbytes > SCAN_BYTES:
+        return f"{text}; empty bands not scanned ({nbytes / 2**30:.1f} GiB cube)"
+    empty = np.flatnonzero(~cube.good_bands() & cube.declared_good()).tolist()
+    return f"{text}; {len(empty)} with no valid value {empty}" if empty else text
 
 
 def _georef_info(georef: Georef | None) -> dict[str, Any]:
