@@ -184,15 +184,16 @@ def test_neon_aop_reflectance(tmp_path):
     with h5py.File(tmp_path / "NEON_D16_ABBY_DP3_552000_5069000_reflectance.h5", "w") as f:
         refl = f.create_group("ABBY/Reflectance")
         ds = refl.create_dataset("Reflectance_Data", data=data)
-        ds.attrs.update({"Scale_Factor": 10000.0, "Data_Ignore_Value": -9999.0,
-                         "Band_Window_1_Nanometers": [1340, 1445],
-                         "Band_Window_2_Nanometers": [1790, 1955]})  # fmt: skip
+        ds.attrs.update({"Scale_Factor": 10000.0, "Data_Ignore_Value": -9999.0})
+        refl.attrs.update({"Band_Window_1_Nanometers": [1340, 1445],
+                           "Band_Window_2_Nanometers": [1790, 1955]})  # fmt: skip
         refl["Metadata/Spectral_Data/Wavelength"] = wl
         refl["Metadata/Spectral_Data/FWHM"] = np.full(b, 5.0)
         cs = refl.create_group("Metadata/Coordinate_System")
         cs["Map_Info"] = np.bytes_("UTM,  1.000,  1.000,  552000.00,  5070000.00,  1.0000000e+00,"
                                    "  1.0000000e+00,  10,  North,  WGS-84,  units=Meters, 0")  # fmt: skip
         cs["EPSG Code"] = np.bytes_("32610")
+        cs["Proj4"] = np.bytes_("+proj=UTM +zone=10 +ellps=WGS84 +datum=WGS84 +units=m")
     c = read_cube(tmp_path / "NEON_D16_ABBY_DP3_552000_5069000_reflectance.h5")
     assert c.metadata["reflectance_scale_factor"] == 10000 and c.ignore_value == -9999
     assert c.bad_bands.tolist() == [bool(1340 <= x <= 1445 or 1790 <= x <= 1955) for x in wl]

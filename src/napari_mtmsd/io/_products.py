@@ -206,7 +206,8 @@ def _prisma_grid(f: h5py.File, shape: tuple[int, int]) -> Georef | None:
 
 def read_neon(path: Path) -> Cube:
     """NEON AOP reflectance: int16 (rows, cols, bands), lazy; ``Scale_Factor`` recorded,
-    ``Data_Ignore_Value``, the water-vapour ``Band_Window_*`` as bad bands, ``Map_Info``."""
+    ``Data_Ignore_Value``, the water-vapour ``Band_Window_*`` of the Reflectance group as bad
+    bands, ``Map_Info`` with ``EPSG Code``."""
     f = h5py.File(path, "r")
     site = next(k for k in f if f"{k}/Reflectance/Reflectance_Data" in f)
     refl = f[f"{site}/Reflectance"]
@@ -214,7 +215,7 @@ def read_neon(path: Path) -> Cube:
     meta = refl["Metadata"]
     wl = np.asarray(meta["Spectral_Data/Wavelength"][()], np.float64)
     bad = np.zeros(wl.size, bool)
-    for key, value in data.attrs.items():
+    for key, value in [*refl.attrs.items(), *data.attrs.items()]:  # NEON puts them on the group
         if key.startswith("Band_Window") and np.size(value) == 2:
             lo, hi = sorted(float(v) for v in np.ravel(value))
             bad |= (wl >= lo) & (wl <= hi)
@@ -223,6 +224,9 @@ def read_neon(path: Path) -> Cube:
     if "Map_Info" in cs:
         css = _text(cs["Coordinate_System_String"]) if "Coordinate_System_String" in cs else None
         georef = from_envi(_text(cs["Map_Info"]), css)
+        epsg = _text(cs["EPSG Code"]).strip() if "EPSG Code" in cs else ""
+        if epsg.isdigit():  # the code NEON states beats a CRS rebuilt from map info
+            georef = Georef(transform=georef.transform, crs=crs_wkt(int(epsg)))
     ignore = data.attrs.get("Data_Ignore_Value")
     scale = data.attrs.get("Scale_Factor")
     return Cube(
