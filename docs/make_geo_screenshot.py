@@ -54,7 +54,7 @@ def add_legend(viewer, layer) -> None:
     """Colour swatches with class names, in map units, beside the class map's top right."""
     names = list(layer.features["class_name"])[1:]
     colors = [layer.colormap.map(i) for i in range(1, len(names) + 1)]
-    (y0, x0), (y1, x1) = layer.extent.world[0], layer.extent.world[1]
+    y0, (y1, x1) = layer.extent.world[0][0], layer.extent.world[1]
     size = (y1 - y0) / 18
     boxes, texts = [], []
     for i, _ in enumerate(names):
