@@ -55,7 +55,9 @@ def test_enmap_geotiff_wavelengths_nodata_and_empty_bands(tmp_path):
     valid = c.valid_mask()
     assert not valid[0, 0] and valid.sum() == 29  # only the no-data pixel, not every pixel
     info = describe(tmp_path / "enmap.tif")
-    assert info["bad_bands"] == "none declared; 6 with no valid value [130, 131, 132, 133, 134, 135]"
+    assert (
+        info["bad_bands"] == "none declared; 6 with no valid value [130, 131, 132, 133, 134, 135]"
+    )
     assert info["crs"].startswith("EPSG:32633") and info["pixel_size"] == [30.0, 30.0]
 
 
