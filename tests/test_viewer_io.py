@@ -129,3 +129,28 @@ def test_open_product_files_and_folders(make_napari_viewer, tmp_path):
     assert image.data.shape == (224, 6, 5) and len(image.metadata["wavelengths"]) == 224
     image, _ = viewer.open(tmp_path / "EMIT_L2A_RFL.nc", plugin=PLUGIN)
     assert image.data.shape == (10, 5, 4) and image.metadata["sensor"] == "EMIT"
+
+
+def test_prediction_layers_follow_a_rotated_cube_and_save_georeferenced(
+    make_napari_viewer, tmp_path, envi_file, monkeypatch
+):
+    from napari_mtmsd._qt._layers import show_image, show_labels, spatial_transform
+    from napari_mtmsd.io import read_cube, read_labels
+
+    monkeypatch.setenv("NAPARI_MTMSD_COORDS", "map")
+    extra = "map info = {UTM, 1, 1, 500000, 4000000, 2, 2, 33, North, WGS-84, rotation=-40}\n"
+    hdr = envi_file(tmp_path / "c.hdr", np.ones((6, 5, 7), np.float32), extra=extra)
+    georef = read_cube(hdr).georef
+    viewer = make_napari_viewer()
+    cube_layer, _ = viewer.open(hdr, plugin=PLUGIN)
+    transform = spatial_transform(cube_layer, 0)
+    classes = show_labels(viewer, "prediction", np.ones((6, 5), np.int32), ["a"],
+                          np.array([[0, 0, 0], [255, 0, 0]]), transform)  # fmt: skip
+    confidence = show_image(viewer, "confidence", np.ones((6, 5), np.float32), transform)
+    for r, c in [(0, 0), (5, 4)]:
+        y, x = georef.pixel_centre(r, c)[::-1]
+        np.testing.assert_allclose(classes.data_to_world((r, c)), (y, x), atol=1e-6)
+        np.testing.assert_allclose(confidence.data_to_world((r, c)), (y, x), atol=1e-6)
+    classes.save(str(tmp_path / "prediction.hdr"), plugin=PLUGIN)
+    back = read_labels(tmp_path / "prediction.hdr").georef
+    np.testing.assert_allclose(back.transform, georef.transform, atol=1e-9)
