@@ -175,3 +175,10 @@ def test_write_prediction_says_what_each_format_loses(tmp_path, fmt, kept):
         georef, _, nodata = tiff_geo(conf_path)
         assert georef == NORTH_UP and nodata == 0
         assert np.array_equal(tifffile.imread(conf_path), conf)
+
+
+def test_malformed_map_info_leaves_the_pixels_readable(tmp_path, envi_file):
+    extra = "map info = {UTM, 1, 1, 500000, north?, 2, 2, 33, North}\n"
+    hdr = envi_file(tmp_path / "c.hdr", np.ones((3, 2, 4), np.float32), extra=extra)
+    cube = read_cube(hdr)
+    assert cube.georef is None and "map info" in cube.metadata["georef_warning"]

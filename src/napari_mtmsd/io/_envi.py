@@ -177,12 +177,14 @@ def header_metadata(h: dict, hdr: Path, data: Path) -> dict:
     return meta
 
 
-def header_georef(h: dict, hdr: Path) -> Georef | None:
-    """``map info`` + ``coordinate system string``, with the header named in any error."""
+def header_georef(h: dict, meta: dict) -> Georef | None:
+    """``map info`` + ``coordinate system string``; a malformed one is reported in
+    ``meta["georef_warning"]`` and dropped, so the pixels still open."""
     try:
         return from_envi(h.get("map info"), h.get("coordinate system string"))
     except InputError as e:
-        raise InputError(f"{hdr}: {e}") from e
+        meta["georef_warning"] = f"georeferencing ignored: {e}"
+        return None
 
 
 def bad_bands(h: dict, n_bands: int) -> np.ndarray | None:
@@ -206,7 +208,7 @@ def read_cube(path: Path) -> Cube:
         ignore_value=meta.get("data_ignore_value"),
         name=hdr.stem,
         metadata=meta,
-        georef=header_georef(h, hdr),
+        georef=header_georef(h, meta),
         bad_bands=bad_bands(h, mm.shape[2]),
     )
 
@@ -229,13 +231,14 @@ def read_labels(path: Path) -> LabelMap:
             vals = np.asarray([int(float(v)) for v in lookup])
             if vals.size % 3 == 0:
                 colors = np.clip(vals, 0, 255).astype(np.uint8).reshape(-1, 3)
+    meta = header_metadata(h, hdr, data)
     return LabelMap(
         data=arr.astype(arr.dtype.newbyteorder("="), copy=False),
         class_names=names[1:] if names else None,  # ENVI's class 0 is "Unclassified"
         colors=colors,
         name=hdr.stem,
-        metadata=header_metadata(h, hdr, data),
-        georef=header_georef(h, hdr),
+        metadata=meta,
+        georef=header_georef(h, meta),
     )
 
 

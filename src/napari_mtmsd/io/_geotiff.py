@@ -120,7 +120,8 @@ def _crs(keys: dict[int, Any]) -> str | None:
 
 
 def read_georef(page: Any) -> Georef | None:
-    """The georeferencing of a TIFF page, or None when it has none."""
+    """The georeferencing of a TIFF page, or None when it has none (InputError when its tags
+    are unusable)."""
     keys = _geokeys(page)
     matrix, tie, scale = (_tag(page, c) for c in (TRANSFORMATION, TIEPOINT, PIXEL_SCALE))
     if matrix is not None and len(matrix) == 16:

@@ -173,11 +173,13 @@ def tiff_geo(path: Path) -> tuple[Georef | None, _geotiff.GdalMetadata, float | 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
-            return (
-                _geotiff.read_georef(page),
-                _geotiff.parse_gdal_metadata(_geotiff._tag(page, _geotiff.GDAL_METADATA)),
-                _geotiff.nodata(page),
-            )
+            gdal = _geotiff.parse_gdal_metadata(_geotiff._tag(page, _geotiff.GDAL_METADATA))
+            nodata = _geotiff.nodata(page)
+            try:
+                georef = _geotiff.read_georef(page)
+            except InputError:  # unusable geo tags: the pixels still open, without a grid
+                georef = None
+            return georef, gdal, nodata
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as e:
         raise InputError(f"{path}: cannot read this TIFF's tags ({e})") from e
 
