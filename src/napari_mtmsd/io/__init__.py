@@ -298,7 +298,7 @@ def _cube_info(cube: Cube) -> dict[str, Any]:
         "ignore_value": cube.ignore_value,
     }
     for k in ("format", "path", "key", "variables", "other_variables", "interleave", "layout",
-              "reflectance_scale_factor", "default_bands"):  # fmt: skip
+              "reflectance_scale_factor", "default_bands", "georef_warning"):  # fmt: skip
         if k in meta:
             info[k] = meta[k]
     info["sensor"] = meta.get("sensor", "unknown")
