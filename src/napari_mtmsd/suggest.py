@@ -1,0 +1,61 @@
+"""Where to paint next: the places whose labels would help the classifier most.
+
+Active learning by uncertainty sampling with spatial diversity: the margin between the two most
+probable classes of the (regularised) probability map is smoothed over a window, so a suggestion
+stands for a region the classifier is unsure about rather than a single noisy pixel; the most
+uncertain places are then taken greedily, each at least ``spacing`` pixels from the others and
+from pixels already labelled (a stroke of labels nearby already informs that place).
+``benchmarks/few_labels.py --rounds`` compares a simulated user who labels these places with one
+who labels random places.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+from .spatial import box_mean
+
+
+def uncertainty(proba: np.ndarray) -> np.ndarray:
+    """``1 - (p1 - p2)`` per pixel of ``proba (H, W, K)``: 1 where two classes tie, 0 where one
+    class holds all the probability."""
+    if proba.ndim != 3 or proba.shape[-1] < 2:
+        raise InputError(f"probabilities of shape {proba.shape}: expected (H, W, K >= 2)")
+    top2 = np.partition(proba, -2, axis=-1)[..., -2:]
+    return (1.0 - (top2[..., 1] - top2[..., 0])).astype(np.float32)
+
+
+def suggest(
+    proba: np.ndarray,
+    labels: np.ndarray | None = None,
+    valid: np.ndarray | None = None,
+    n: int = 10,
+    spacing: int = 8,
+    radius: int = 2,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` places to label next: ``(coords (m, 2) int, scores (m,))``, best first
+    (``m <= n`` when the scene has fewer places far enough apart).
+
+    ``radius``: half width of the window the uncertainty is averaged over; ``spacing``: the
+    smallest distance (pixels) between two suggestions and between a suggestion and a label.
+    """
+    if int(n) < 1 or int(spacing) < 1:
+        raise InputError(f"suggestions n={n}, spacing={spacing}: expected positive integers")
+    score = box_mean(uncertainty(proba), radius) if radius > 0 else uncertainty(proba)
+    free = np.ones(score.shape, bool) if valid is None else np.asarray(valid, bool).copy()
+    if labels is not None and np.any(labels):
+        near = ndimage.distance_transform_edt(np.asarray(labels) == 0) < spacing
+        free &= ~near
+    order = np.argsort(-score, axis=None, kind="stable")
+    order = order[free.reshape(-1)[order]]
+    coords = np.empty((0, 2), np.int64)
+    for flat in order:
+        if len(coords) == n:
+            break
+        here = np.array(np.unravel_index(flat, score.shape))
+        if len(coords) and np.min(np.hypot(*(coords - here).T)) < spacing:
+            continue
+        coords = np.vstack([coords, here])
+    return coords, score[coords[:, 0], coords[:, 1]] if len(coords) else np.empty(0, np.float32)

@@ -1,0 +1,139 @@
+"""The few-label head (fewlabel.py), the quick first map (quickmap.py), the scene embedding
+(embedding.py) and the suggestions (suggest.py), on small synthetic scenes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_mtmsd.embedding import FeatureEmbedding
+from napari_mtmsd.errors import InputError
+from napari_mtmsd.fewlabel import SpatialSVM
+from napari_mtmsd.quickmap import SpectralVectors, quick_map
+from napari_mtmsd.samples import synthetic_scene
+from napari_mtmsd.splits import make_split
+from napari_mtmsd.suggest import suggest, uncertainty
+
+
+@pytest.fixture(scope="module")
+def scene():
+    cube, gt = synthetic_scene(48, 48, bands=30, n_classes=4, noise=0.08, seed=3)
+    return cube, np.asarray(gt.data)
+
+
+def _accuracy(class_map: np.ndarray, gt: np.ndarray, test: np.ndarray) -> float:
+    return float((class_map[test] == gt[test]).mean())
+
+
+def test_quick_map_from_few_labels_beats_the_unsmoothed_svm(scene):
+    cube, gt = scene
+    train, test = make_split(gt, "per-class:3", seed=0)
+    labels = np.where(train, gt, 0)
+    spectral = SpectralVectors.of(cube)
+    class_map, confidence, proba = quick_map(spectral, labels)
+    assert class_map.shape == gt.shape and class_map.dtype == np.int32
+    assert set(np.unique(class_map)) <= {1, 2, 3, 4}
+    np.testing.assert_allclose(proba.sum(-1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(confidence, proba.max(-1))
+    # the spatial steps earn their place: the same SVM on the raw vectors does worse
+    plain = SpatialSVM().fit(spectral.vectors, labels)
+    raw = plain.predict_proba_rows(spectral.vectors.reshape(-1, spectral.vectors.shape[-1]))
+    raw_map = plain.classes_[raw.argmax(-1)].reshape(gt.shape)
+    assert _accuracy(class_map, gt, test) > _accuracy(raw_map, gt, test)
+    assert _accuracy(class_map, gt, test) > 0.9
+    again = quick_map(SpectralVectors.of(cube), labels)[0]
+    np.testing.assert_array_equal(class_map, again)  # deterministic
+
+
+def test_spatial_svm_round_trips_through_arrays(scene):
+    cube, gt = scene
+    spectral = SpectralVectors.of(cube)
+    labels = np.where(make_split(gt, "per-class:5", seed=1)[0], gt, 0)
+    head = SpatialSVM(c=5.0)
+    smoothed = head.smooth(spectral.vectors, spectral.guide)
+    proba = head.fit(smoothed, labels).predict_proba(smoothed, spectral.guide)
+    back = SpatialSVM.from_arrays(head.to_arrays())
+    assert (back.c, back.feature_radius, back.map_radius, back.eps) == (5.0, 4, 6, 1e-2)
+    np.testing.assert_allclose(back.predict_proba(smoothed, spectral.guide), proba, atol=1e-6)
+
+
+def test_spatial_svm_refuses_one_class_and_unfitted_use(scene):
+    _, gt = scene
+    vectors = np.random.default_rng(0).normal(size=(*gt.shape, 3)).astype(np.float32)
+    one = np.zeros_like(gt)
+    one[0, :3] = 2
+    with pytest.raises(InputError, match="at least 2 classes"):
+        SpatialSVM().fit(vectors, one)
+    with pytest.raises(InputError, match="not fitted"):
+        SpatialSVM().predict_proba_rows(vectors[0])
+    two = one.copy()
+    two[5, :3] = 4  # two classes: one signed distance becomes two probabilities
+    p = SpatialSVM().fit(vectors, two).predict_proba_rows(vectors[0])
+    assert p.shape == (gt.shape[1], 2)
+
+
+class _Store:
+    """The reading API of a feature store over in-memory (H, W, T, D) arrays."""
+
+    def __init__(self, centre: np.ndarray, glob: np.ndarray):
+        self.centre, self.glob = centre, glob
+
+    def pixels(self, coords):
+        return self.centre[coords[:, 0], coords[:, 1]], self.glob[coords[:, 0], coords[:, 1]]
+
+    def chunks(self, size):
+        H, W = self.centre.shape[:2]
+        c = self.centre.reshape(H * W, *self.centre.shape[2:])
+        g = self.glob.reshape(H * W, *self.glob.shape[2:])
+        for s in range(0, H * W, size):
+            yield slice(s, min(s + size, H * W)), c[s : s + size], g[s : s + size]
+
+
+def test_embedding_is_whitened_seeded_and_keeps_class_structure(scene):
+    _, gt = scene
+    rng = np.random.default_rng(0)
+    # features (T = 3, D = 8): the class in channel 0 at every timestep of both vectors (as the
+    # diffusion features repeat a signal across timesteps), noise in the others
+    centre = rng.normal(size=(*gt.shape, 3, 8)).astype(np.float16)
+    glob = rng.normal(size=(*gt.shape, 3, 8)).astype(np.float16)
+    centre[..., 0] += 4 * gt[..., None]
+    glob[..., 0] += 4 * gt[..., None]
+    store = _Store(centre, glob)
+    emb = FeatureEmbedding.fit(store, n_components=6, seed=0)
+    out = emb.transform(store)
+    assert out.shape == (*gt.shape, 6) and out.dtype == np.float32
+    np.testing.assert_allclose(out.reshape(-1, 6).std(0), 1.0, rtol=0.1)
+    again = FeatureEmbedding.from_arrays(emb.to_arrays())
+    np.testing.assert_array_equal(again.transform(store), out)
+    np.testing.assert_array_equal(
+        FeatureEmbedding.fit(store, n_components=6, seed=0).components, emb.components
+    )
+    # the class channel dominates one component
+    corr = [abs(np.corrcoef(out[..., i].ravel(), gt.ravel())[0, 1]) for i in range(6)]
+    assert max(corr) > 0.9
+    with pytest.raises(InputError, match="values per pixel"):
+        emb.transform_rows(centre[0, :, :2], glob[0, :, :2])
+
+
+def test_uncertainty_and_suggestions():
+    proba = np.zeros((30, 30, 2), np.float32)
+    proba[..., 0] = 1.0
+    proba[5:9, 20:24] = [0.5, 0.5]  # an unsure patch
+    proba[22:26, 4:8] = [0.6, 0.4]  # a less unsure one
+    u = uncertainty(proba)
+    assert u[6, 21] == pytest.approx(1.0) and u[0, 0] == pytest.approx(0.0)
+    coords, scores = suggest(proba, n=2, spacing=5, radius=1)
+    assert len(coords) == 2 and scores[0] >= scores[1]
+    assert 5 <= coords[0][0] < 9 and 20 <= coords[0][1] < 24
+    assert 22 <= coords[1][0] < 26 and 4 <= coords[1][1] < 8
+    # a labelled pixel inside the unsure patch takes it off the list
+    labels = np.zeros((30, 30), int)
+    labels[6, 21] = 1
+    coords, _ = suggest(proba, labels, n=1, spacing=5, radius=1)
+    assert np.hypot(*(coords[0] - [6, 21])) >= 5
+    # suggestions keep their distance from each other
+    coords, _ = suggest(proba, n=5, spacing=6, radius=1)
+    d = np.hypot(*(coords[:, None] - coords[None]).transpose(2, 0, 1))
+    assert d[np.triu_indices(len(coords), 1)].min() >= 6
+    with pytest.raises(InputError):
+        suggest(proba, n=0)
