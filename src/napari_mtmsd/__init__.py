@@ -31,6 +31,7 @@ _API = {
     "train": "pipeline",
     "predict": "pipeline",
     "evaluate": "pipeline",
+    "Workspace": "workspace",
     "make_split": "splits",
     "scores": "metrics",
 }

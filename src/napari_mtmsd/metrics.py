@@ -57,6 +57,19 @@ def scores(
     }
 
 
+def score_map(
+    gt: np.ndarray, pred: np.ndarray, test: np.ndarray, labels: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """:func:`scores` of a class map against a ground truth on the ``test`` pixels (all three
+    (H, W)); the classes default to those present there in either map."""
+    gt, pred, test = np.asarray(gt), np.asarray(pred), np.asarray(test, dtype=bool)
+    if labels is None:
+        labels = sorted({int(v) for v in np.unique(gt[test])} | {
+            int(v) for v in np.unique(pred[test]) if v > 0
+        })
+    return scores(gt[test], pred[test], labels=labels)
+
+
 def format_table(rows: Sequence[dict[str, Any]], digits: int = 2) -> str:
     """Plain-text table of dicts (columns = keys of the first row; floats to ``digits``)."""
     if not rows:

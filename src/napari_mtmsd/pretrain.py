@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import _progress
+from .config import PRESETS as PRESET_TABLE
 from .device import autocast, bf16_supported, cpu_threads, resolve_device, use_bf16
 from .errors import DeviceError, InputError, ModelFileError
 from .model import RESUME, DiffusionModel
@@ -38,21 +39,6 @@ from .preprocess import Preprocessor, as_cube
 from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet
 
-#: Training defaults per preset. ``cpu``: 12,800 patches of 32x32, ~210 s on 2 idle cores of
-#: this project's machines at the measured 61 samples/s (fp32; see docs/pretraining.md), leaving
-#: room for the PCA and start-up within 5 minutes. EMA decays are shorter than guided diffusion's
-#: 0.9999 because the runs are short (the EMA must forget the initial weights).
-TRAINING: dict[str, dict[str, Any]] = {
-    "paper": {
-        "steps": 40_000,
-        "batch_size": 32,
-        "lr": 1e-4,
-        "ema": 0.9999,
-        "checkpoint_every": 2000,
-    },
-    "cpu": {"steps": 800, "batch_size": 16, "lr": 5e-4, "ema": 0.995, "checkpoint_every": 200},
-    "tiny": {"steps": 40, "batch_size": 8, "lr": 2e-3, "ema": 0.9, "checkpoint_every": 10},
-}
 WARMUP_STEPS = 100
 GRAD_CLIP = 1.0
 
@@ -103,7 +89,7 @@ def _dihedral_indices(
 def _resolve_settings(preset: str, **given: Any) -> dict[str, Any]:
     if preset not in PRESETS:
         raise InputError(f"unknown preset {preset!r}: expected one of {', '.join(PRESETS)}")
-    settings = dict(TRAINING[preset])
+    settings = dict(PRESET_TABLE[preset]["training"])
     for key, value in given.items():
         if value is not None:
             settings[key] = value

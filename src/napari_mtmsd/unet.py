@@ -6,7 +6,7 @@ so that decoder block ``i`` means the same thing as in the MTMSD paper (which re
 which is global over the input, so it runs on any input whose sides are divisible by
 ``2 ** (len(channel_mult) - 1)``; dense feature extraction relies on that.
 
-Presets (``PRESETS``):
+Presets (``PRESETS``, from the table in ``config``):
 
 * ``paper``: the paper's network, 128 channels, mult (1, 2, 2), 2 res blocks, 4-head attention
   in the middle, learned variance, 48x48 patches, C = 25: 26.5 M parameters.
@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import PRESETS as _PRESET_TABLE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,18 +71,9 @@ class UNetConfig:
         return cls(**d)
 
 
+#: The architectures of ``config.PRESETS`` (one table for architecture and training defaults).
 PRESETS: dict[str, UNetConfig] = {
-    "paper": UNetConfig(),
-    "cpu": UNetConfig(model_channels=32, learn_sigma=False, patch_size=32),
-    # the paper's layout (9 decoder blocks, so the default stages exist), 16x thinner
-    "tiny": UNetConfig(
-        in_channels=4,
-        model_channels=8,
-        num_heads=1,
-        learn_sigma=False,
-        patch_size=16,
-        norm_groups=4,
-    ),
+    name: UNetConfig(**preset["unet"]) for name, preset in _PRESET_TABLE.items()
 }
 
 
