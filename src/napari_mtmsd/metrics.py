@@ -165,33 +165,36 @@ def plot_confusion(
     """PNG of a confusion matrix (rows true, columns predicted), coloured by row share, counts written."""
     from matplotlib.figure import Figure
 
+    n = len(np.asarray(confusion))
+    size = 3 + 0.45 * n
+    fig = Figure(figsize=(size, size))
+    draw_confusion(fig.subplots(), confusion, _names(class_names, n), title=title)
+    return _save(fig, path)
+
+
+def draw_confusion(
+    ax: Any,
+    confusion: np.ndarray | Sequence[Sequence[int]],
+    names: Sequence[str],
+    title: str | None = None,
+    fontsize: float = 7,
+) -> None:
+    """A confusion matrix on matplotlib axes ``ax``: cells coloured by row share (recall), counts
+    written while the matrix is small enough to read them (the PNG and the panel's plot)."""
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise InputError(f"confusion matrix of shape {cm.shape}: expected square (K, K)")
     n = len(cm)
-    names = _names(class_names, n)
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    size = 3 + 0.45 * n
-    fig = Figure(figsize=(size, size))
-    ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), names, fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xticks(range(n), list(names), rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(n), list(names), fontsize=fontsize)
+    ax.set_xlabel("predicted", fontsize=fontsize + 1)
+    ax.set_ylabel("true", fontsize=fontsize + 1)
     if title:
-        ax.set_title(title)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        str(cm[i, j]),
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="white" if share[i, j] > 0.5 else "black",
-                    )
-    return _save(fig, path)
+        ax.set_title(title, fontsize=fontsize + 2)
+    if n > 30:
+        return
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        color = "white" if share[i, j] > 0.5 else "black"
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=fontsize - 1, color=color)

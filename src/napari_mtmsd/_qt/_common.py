@@ -6,9 +6,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QObject, QPointF, Signal
+from qtpy.QtCore import QObject, QPointF
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
-from qtpy.QtWidgets import QComboBox, QSizePolicy, QWidget
+from qtpy.QtWidgets import QComboBox, QSizePolicy, QSpinBox, QWidget
 
 from ._layers import cube_from_layer, guess_band_axis, spatial_transform
 from ._workers import JobRunner
@@ -31,6 +31,19 @@ def is_labels(layer: Any) -> bool:
     from napari.layers import Labels
 
     return isinstance(layer, Labels) and layer.ndim == 2
+
+
+def spin_box(config: type, name: str) -> QSpinBox:
+    """A spin box for the int field ``name`` of a settings dataclass (``config``): its range,
+    default and help come from the field, as the CLI's flags do."""
+    import dataclasses
+
+    field = {f.name: f for f in dataclasses.fields(config)}[name]
+    box = QSpinBox()
+    box.setRange(field.metadata.get("minimum", 0), field.metadata.get("maximum", 2**31 - 1))
+    box.setValue(field.default if field.default is not None else 0)
+    box.setToolTip(field.metadata.get("help", ""))
+    return box
 
 
 class LayerCombo(QComboBox):
@@ -126,48 +139,65 @@ class Sparkline(QWidget):
 
 
 class Session(QObject):
-    """What the sections share: the viewer, the job runner, the classes, the model, the classifier.
-
-    Signals tell the other sections when one of them changes, so each section stays a view of
-    this state.
+    """The panel's link to its :class:`~napari_mtmsd.workspace.Workspace`: the viewer, the job
+    runner and the layer pickers. The state (model, classes, classifier, prediction) is the
+    workspace's; each section observes its ``events`` and renders, and forwards clicks to it.
     """
-
-    classes_changed = Signal()
-    model_changed = Signal()
-    bundle_changed = Signal()
-    features_changed = Signal()
 
     def __init__(self, viewer: napari.Viewer, parent: QObject | None = None) -> None:
         super().__init__(parent)
+        from napari_mtmsd.workspace import Workspace
+
         self.viewer = viewer
         self.runner = JobRunner(self)
-        self.class_names: list[str] = []
-        self.colors: np.ndarray = default_colors(0)
-        self.model: Any | None = None  # napari_mtmsd.model.DiffusionModel
-        self.bundle: Any | None = None  # napari_mtmsd.pipeline.ClassifierBundle
+        self.ws = Workspace()
         self.cube_combo: LayerCombo | None = None
         self.labels_combo: LayerCombo | None = None
         self.band_axis: int | None = None
-        self.device_combo: QComboBox | None = None
-        # the labels the shown classifier was trained on: scores leave these pixels out
-        self.train_labels_used: np.ndarray | None = None
 
-    def device(self) -> str:
-        """The device chosen in the Model section (only available ones are listed)."""
-        return "auto" if self.device_combo is None else self.device_combo.currentText()
+    # the workspace's state, read by the sections ------------------------------------------
+    @property
+    def model(self) -> Any | None:
+        return self.ws.model
 
-    # classes -------------------------------------------------------------------------------
+    @property
+    def bundle(self) -> Any | None:
+        return self.ws.bundle
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.ws.class_names
+
+    @property
+    def colors(self) -> np.ndarray:
+        return self.ws.colors
+
+    @property
+    def train_labels_used(self) -> np.ndarray | None:
+        return self.ws.train_labels_used
+
     def set_classes(self, names: list[str], colors: np.ndarray | None = None) -> None:
-        names = [str(n) for n in names]
-        if colors is None or len(colors) != len(names) + 1:
-            fresh = default_colors(len(names))
-            if colors is not None:
-                keep = min(len(colors), len(fresh))
-                fresh[:keep] = np.asarray(colors)[:keep]
-            colors = fresh
-        self.class_names = names
-        self.colors = np.asarray(colors, dtype=np.uint8)
-        self.classes_changed.emit()
+        self.ws.set_classes(names, colors)
+
+    def run(
+        self,
+        job: Any,
+        on_progress: Callable[[dict], None] | None = None,
+        on_done: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Run a workspace ``Job``: its steps in the compute thread, its commit (then
+        ``on_done`` with what the commit returns) here, in the main thread."""
+        if job.note:
+            from napari.utils.notifications import show_info
+
+            show_info(f"{job.name} trains a new classifier: {job.note}")
+
+        def commit(result: Any) -> None:
+            value = job.commit(result)
+            if on_done is not None:
+                on_done(value)
+
+        self.runner.start(job.name, job.steps, commit, on_progress)
 
     # layers --------------------------------------------------------------------------------
     def cube_layer(self) -> Any | None:
@@ -175,6 +205,14 @@ class Session(QObject):
 
     def labels_layer(self) -> Any | None:
         return None if self.labels_combo is None else self.labels_combo.layer()
+
+    def sync_cube(self) -> None:
+        """Give the workspace the chosen cube (None when there is none or it is not a cube)."""
+        try:
+            cube = self.cube()
+        except Exception:  # no cube layer, or a bad one: the Data section says why
+            cube = None
+        self.ws.set_cube(cube)
 
     def current_band_axis(self) -> int:
         layer = self.cube_layer()

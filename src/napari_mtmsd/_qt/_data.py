@@ -125,7 +125,7 @@ class DataSection(QWidget):
         self.table.itemChanged.connect(self._item_changed)
         self.table.cellDoubleClicked.connect(self._cell_double_clicked)
         self.labels_combo.currentTextChanged.connect(self._labels_changed)
-        session.classes_changed.connect(self._classes_changed)
+        session.ws.events.classes.connect(self._classes_changed)
         self._watched: Any | None = None
         self._cube_changed()
         self._labels_changed()
@@ -140,10 +140,12 @@ class DataSection(QWidget):
             self.band_axis.setCurrentIndex(guess_band_axis(layer))
             self.band_axis.blockSignals(False)
         self.session.band_axis = None if layer is None else self.band_axis.currentIndex()
+        self.session.sync_cube()
         self._describe_cube()
 
     def _axis_changed(self, index: int) -> None:
         self.session.band_axis = index
+        self.session.sync_cube()
         self._describe_cube()
 
     def _describe_cube(self) -> None:

@@ -1,13 +1,12 @@
 """Inspect: what the diffusion model sees at each timestep, and which timesteps each class uses.
 
-Nothing here computes features: it shows the cached whole-scene features of the Classify
-section (as a lazily sliced Image layer, or as a PCA-to-RGB view per timestep) and asks the
-trained classifier for its timestep attention.
+Nothing here computes features: it shows the workspace's cached whole-scene features (as a
+lazily sliced Image layer, or as a PCA-to-RGB view per timestep, ``diagnostics``) and the
+trained classifier's timestep attention.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -18,50 +17,6 @@ from ._layers import show_image
 
 FEATURES_LAYER = "features"
 PCA_LAYER = "features PCA (RGB)"
-PCA_FIT_PIXELS = 5_000  # pixels sampled to fit each timestep's 3 components (display only)
-
-
-def iter_pca_rgb(
-    centre: np.ndarray, timesteps: tuple[int, ...], seed: int = 0
-) -> Generator[dict, None, np.ndarray]:
-    """(H, W, T, D) features -> (T, H, W, 3) float32 RGB in [0, 1], one PCA per timestep.
-
-    A display aid: the 3 leading principal components of each timestep's features, each
-    stretched between its 1st and 99th percentile, with signs fixed so colours stay comparable
-    from one timestep to the next.
-    """
-    h, w, n_t, d = centre.shape
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(h * w, size=min(h * w, PCA_FIT_PIXELS), replace=False)
-    out = np.empty((n_t, h, w, 3), np.float32)
-    for ti in range(n_t):
-        x = np.asarray(centre[:, :, ti, :], dtype=np.float32).reshape(h * w, d)
-        sample = x[pick]
-        mean = sample.mean(axis=0)
-        sample -= mean
-        # leading eigenvectors of the D x D scatter matrix: ~10x faster than an SVD of the sample
-        _, vectors = np.linalg.eigh(sample.T @ sample)
-        comps = vectors[:, ::-1][:, :3].T.copy()
-        comps *= np.sign(comps[np.arange(len(comps)), np.abs(comps).argmax(axis=1)])[:, None]
-        y = (x - mean) @ comps.T
-        lo, hi = np.percentile(y, [1, 99], axis=0)
-        y = np.clip((y - lo) / np.where(hi > lo, hi - lo, 1.0), 0, 1)
-        rgb = np.zeros((h * w, 3), np.float32)
-        rgb[:, : y.shape[1]] = y
-        out[ti] = rgb.reshape(h, w, 3)
-        yield {"stage": "PCA", "step": ti + 1, "total": n_t, "timestep": timesteps[ti]}
-    return out
-
-
-def iter_attention(
-    classifier: Any, centre: np.ndarray, glob: np.ndarray, y: np.ndarray
-) -> Generator[dict, None, tuple[np.ndarray, np.ndarray]]:
-    """Mean timestep attention per class over the training pixels -> (classes, (K, T) weights)."""
-    weights = np.asarray(classifier.timestep_attention(centre, glob), dtype=np.float32)
-    yield {"stage": "attention", "step": 1, "total": 1}
-    classes = np.unique(y)
-    return classes, np.stack([weights[y == c].mean(axis=0) for c in classes])
-
 
 class InspectSection(QWidget):
     """Feature layers per timestep, PCA to RGB, timestep attention per class, spectrum."""
@@ -101,17 +56,12 @@ class InspectSection(QWidget):
         self.attention_btn.clicked.connect(self.show_attention)
         self.spectrum_box.toggled.connect(self._toggle_spectrum)
         session.runner.busy_changed.connect(self._busy)
-        session.features_changed.connect(self._refresh)
-        session.bundle_changed.connect(self._refresh)
+        session.ws.events.features.connect(self._refresh)
+        session.ws.events.classifier.connect(self._refresh)
         self._refresh()
 
-    def _classify(self) -> Any | None:
-        parent = self.session.parent()
-        return getattr(parent, "classify", None)
-
     def _store(self) -> Any | None:
-        classify = self._classify()
-        return None if classify is None else classify.current_store()
+        return self.session.ws.features
 
     def _busy(self, busy: bool) -> None:
         has_store = self._store() is not None
@@ -170,6 +120,8 @@ class InspectSection(QWidget):
             )
             layer.metadata["timesteps"] = list(timesteps)
 
+        from napari_mtmsd.diagnostics import iter_pca_rgb
+
         self.session.runner.start(
             "PCA per timestep", iter_pca_rgb(store.centre, timesteps), on_done
         )
@@ -205,6 +157,8 @@ class InspectSection(QWidget):
             fig.tight_layout()
             self.attention.setVisible(True)
             self.attention.draw_idle()
+
+        from napari_mtmsd.diagnostics import iter_attention
 
         self.session.runner.start(
             "Timestep attention", iter_attention(bundle.classifier, centre, glob, y), on_done

@@ -16,7 +16,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
-from ._common import Session
+from ._common import Session, is_labels
 from ._data import DataSection
 from ._model import ModelSection
 
@@ -88,6 +88,29 @@ class MTMSDWidget(QWidget):
         # closing napari (or the panel) mid-job stops the job before the widgets go away
         on_mouse = self.inspect.on_mouse
         self.destroyed.connect(lambda *_: _teardown(runner, viewer, on_mouse))
+        self.adopt_ground_truth()
+        viewer.layers.events.inserted.connect(self.adopt_ground_truth)
+
+    def adopt_ground_truth(self, *_: Any) -> None:
+        """A ground truth already open (a Labels layer a reader or sample named classes for, of
+        the cube's size) is chosen for the split and the scores while none is; its classes
+        fill an empty class table when they have names of their own."""
+        from ._data import _names_from_layer
+
+        if self.data.gt_combo.layer() is not None:
+            return
+        cube = self.session.ws.cube
+        for layer in self.viewer.layers:
+            names, colors = _names_from_layer(layer) if is_labels(layer) else (None, None)
+            if names is None or (cube is not None and layer.data.shape != cube.shape[:2]):
+                continue
+            self.data.gt_combo.select(layer.name)
+            if self.classify.gt_combo.layer() is None:
+                self.classify.gt_combo.select(layer.name)
+            generic = [f"class {i}" for i in range(1, len(names) + 1)]
+            if not self.session.class_names and names != generic:
+                self.session.set_classes(names, colors)
+            return
 
     @property
     def runner(self) -> Any:

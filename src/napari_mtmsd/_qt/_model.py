@@ -12,12 +12,11 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
-from ._common import Session, Sparkline
+from ._common import Session, Sparkline, spin_box
 
 
 def model_summary(model: Any) -> str:
@@ -44,23 +43,21 @@ class ModelSection(QWidget):
 
     def __init__(self, session: Session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        from napari_mtmsd.config import PRESETS, PretrainConfig
         from napari_mtmsd.device import available_devices
-        from napari_mtmsd.unet import PRESETS
 
         self.session = session
         self.preset = QComboBox()
         self.preset.addItems(list(PRESETS))
-        if "cpu" in PRESETS:
-            self.preset.setCurrentText("cpu")
+        self.preset.setCurrentText(PretrainConfig().preset)
         self.device = QComboBox()
         self.device.addItems(available_devices())
-        session.device_combo = self.device
-        self.steps = QSpinBox()
-        self.steps.setRange(0, 10_000_000)
+        self.device.currentTextChanged.connect(self._device_changed)
+        self._device_changed(self.device.currentText())
+        self.steps = spin_box(PretrainConfig, "steps")
         self.steps.setSingleStep(100)
         self.steps.setSpecialValueText("preset default")
-        self.seed = QSpinBox()
-        self.seed.setRange(0, 2**31 - 1)
+        self.seed = spin_box(PretrainConfig, "seed")
         self.pretrain_btn = QPushButton("Pretrain")
         self.load_btn = QPushButton("Load...")
         self.save_btn = QPushButton("Save...")
@@ -89,9 +86,12 @@ class ModelSection(QWidget):
         self.pretrain_btn.clicked.connect(self.pretrain)
         self.load_btn.clicked.connect(lambda: self.load())
         self.save_btn.clicked.connect(lambda: self.save())
-        session.model_changed.connect(self._model_changed)
+        session.ws.events.model.connect(self._model_changed)
         session.runner.busy_changed.connect(self._busy)
         self._busy(False)
+
+    def _device_changed(self, name: str) -> None:
+        self.session.ws.device = name or "auto"
 
     def _busy(self, busy: bool) -> None:
         for button in (self.pretrain_btn, self.load_btn):
@@ -105,24 +105,22 @@ class ModelSection(QWidget):
 
     def pretrain(self) -> None:
         """Pretrain on the chosen cube in a worker; the model is replaced only when it finishes."""
-        from napari_mtmsd.pretrain import iter_pretrain
+        from napari_mtmsd.config import PretrainConfig
 
-        from ._data import _error
+        from ._data import _cause, _error
 
+        config = PretrainConfig(
+            preset=self.preset.currentText(),
+            steps=self.steps.value() or None,
+            seed=self.seed.value(),
+        )
         try:
-            cube = self.session.cube()
+            job = self.session.ws.pretrain_job(config)
         except Exception as exc:  # no cube: say so
-            _error(str(exc))
+            _error(_cause(exc))
             return
         self.loss.set_values([])
         self.eta.setText("starting...")
-        gen = iter_pretrain(
-            cube,
-            preset=self.preset.currentText(),
-            steps=self.steps.value() or None,
-            device=self.device.currentText(),
-            seed=self.seed.value(),
-        )
 
         def on_progress(record: dict) -> None:
             if "loss" in record:
@@ -139,12 +137,10 @@ class ModelSection(QWidget):
                 text += f" ({record['message']})"
             self.eta.setText(text)
 
-        def on_done(model: Any) -> None:
-            self.session.model = model
-            self.session.model_changed.emit()
+        def on_done(_: Any) -> None:
             self.eta.setText(f"done: {len(self.loss.values)} loss points")
 
-        self.session.runner.start("Pretrain", gen, on_done, on_progress)
+        self.session.run(job, on_progress, on_done)
 
     def load(self, path: str | Path | None = None) -> Any:
         """Load a saved diffusion model directory."""
@@ -161,8 +157,7 @@ class ModelSection(QWidget):
         except Exception as exc:  # shown, with the cause
             _error(f"cannot load model from {path}: {_cause(exc)}")
             return None
-        self.session.model = model
-        self.session.model_changed.emit()
+        self.session.ws.set_model(model)
         return model
 
     def save(self, path: str | Path | None = None) -> Path | None:

@@ -19,6 +19,8 @@ from typing import Any
 
 from qtpy.QtCore import QObject, QThreadPool, Signal
 
+from napari_mtmsd._text import eta_text
+
 log = logging.getLogger(__name__)
 
 _POOL: QThreadPool | None = None
@@ -73,16 +75,6 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, MTMSDError):
         return str(exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def eta_text(elapsed: float, step: int, total: int) -> str:
-    """``'12 s left'`` from the mean rate so far (empty until it means something)."""
-    if step <= 0 or total <= 0 or step >= total or elapsed <= 0:
-        return ""
-    left = elapsed / step * (total - step)
-    if left >= 90:
-        return f"{left / 60:.0f} min left"
-    return f"{left:.0f} s left"
 
 
 class JobRunner(QObject):
