@@ -43,12 +43,35 @@ def test_pretrain_train_predict_extract(tmp_path, capsys):
     maps = list(out.glob("*_classes.npy"))
     assert len(maps) == 1 and read_labels(maps[0]).data.shape == (32, 32)
 
+    # update: the classifier continues on more labels of the same classes, as the panel's Update
+    more = np.where(labels > 0, labels, np.where(np.random.default_rng(1).random(gt.data.shape)
+                                                 < 0.1, gt.data, 0))
+    lab2 = write_labels(tmp_path / "more.tif", more)
+    assert main(["update", SYN, "--classifier", str(clf), "--labels", str(lab2), "-o",
+                 str(tmp_path / "clf2"), "--update-epochs", "2", "--cache-dir", cache,
+                 "--map", str(tmp_path / "map.npy")]) == 0
+    assert "continued on" in capsys.readouterr().out
+    from napari_mtmsd.pipeline import ClassifierBundle
+
+    updated = ClassifierBundle.load(tmp_path / "clf2")
+    assert updated.classifier.history_["warm_start"]
+    assert max(updated.classifier.history_["epochs_run"]) <= 2
+    assert updated.meta["n_train"] == int((more > 0).sum())
+    assert read_labels(tmp_path / "map.npy").data.shape == (32, 32)
+
     feats = tmp_path / "feats"
     assert main(["extract", SYN, "--model", str(model), "-o", str(feats), "--pixels",
                  f"labelled:{lab}", *FEAT]) == 0
     side = json.loads((feats / "features.json").read_text())
     assert side["shape"] == [int((labels > 0).sum()), 2, side["shape"][2]]
     assert np.load(feats / "centre.npy").shape == tuple(side["shape"])
+
+
+def test_help_shows_true_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "60 % of the feature channels" in out and "ensemble size (default 5)" in out
 
 
 @pytest.mark.parametrize(
@@ -58,6 +81,8 @@ def test_pretrain_train_predict_extract(tmp_path, capsys):
         (["info", "sample:nothing"], "unknown sample"),
         (["pretrain", SYN, "-o", "/tmp/x", "--steps", "0"], "steps"),
         (["evaluate", SYN, "--timesteps", "a,b"], "--timesteps"),
+        (["update", SYN, "--classifier", "/nonexistent", "--labels", "/nonexistent.tif", "-o",
+          "x"], "nonexistent"),
         (["train", SYN, "--labels", "/nonexistent.tif", "--model", "/nonexistent", "-o", "x"],
          "nonexistent"),
     ],

@@ -14,9 +14,8 @@ import pytest
 pytest.importorskip("qtpy")
 
 from napari_mtmsd._qt import MTMSDWidget
-from napari_mtmsd._qt._classify import format_ints, parse_ints
-from napari_mtmsd._qt._workers import JobRunner, eta_text
-from napari_mtmsd.errors import Cancelled, DeviceError, InputError
+from napari_mtmsd._qt._workers import JobRunner
+from napari_mtmsd.errors import Cancelled, DeviceError
 
 JOB_TIMEOUT_MS = 180_000  # generous: the 2 cores are shared with other jobs
 
@@ -66,21 +65,6 @@ def _slow(n: int, delay: float = 0.02, fail: BaseException | None = None):
 
 
 # --- plumbing -------------------------------------------------------------------------------
-
-
-def test_parse_and_format_ints():
-    assert parse_ints("50:950:50", "t") == tuple(range(50, 1000, 50))
-    assert parse_ints("0, 1 2", "s") == (0, 1, 2)
-    assert format_ints(tuple(range(50, 1000, 50))) == "50:950:50"
-    assert format_ints((0, 1, 3)) == "0, 1, 3"
-    with pytest.raises(InputError, match="expected integers"):
-        parse_ints("a, b", "stages")
-
-
-def test_eta_text():
-    assert eta_text(10.0, 5, 10) == "10 s left"
-    assert eta_text(60.0, 1, 3) == "2 min left"
-    assert eta_text(1.0, 0, 10) == ""
 
 
 def test_runner_result_stop_and_failures(qtbot, errors):

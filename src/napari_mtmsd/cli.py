@@ -17,10 +17,18 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from ._text import eta_text, parse_ints
+from .config import (
+    FEATURE_FIELDS,
+    PRESETS,
+    ClassifierConfig,
+    PretrainConfig,
+    add_arguments,
+    from_arguments,
+)
 from .errors import InputError, MTMSDError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
-PRESETS = ("cpu", "paper", "tiny")
 
 
 class ProgressPrinter:
@@ -52,8 +60,8 @@ class ProgressPrinter:
             parts.append(f"loss {rec['loss']:.4f}")
         if "samples_per_s" in rec:
             parts.append(f"{rec['samples_per_s']:.0f} samples/s")
-        if total and 0 < step < total:
-            parts.append(f"ETA {_fmt_s(elapsed / step * (total - step))}")
+        if eta := eta_text(elapsed, step, total):
+            parts.append(eta)
         parts.append(f"{_fmt_s(elapsed)}")
         self._write("  ".join(parts), newline=not self.tty)
 
@@ -113,16 +121,14 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         if rec.get("stage") == "pretrain":
             last.update(rec)
 
+    config = from_arguments(PretrainConfig, a)
     gen = iter_pretrain(
         cube,
-        preset=a.preset,
-        steps=a.steps,
-        batch_size=a.batch_size,
         device=a.device,
-        seed=a.seed,
         out_dir=a.output,
         resume=a.resume,
         compile=a.compile,
+        **config.pretrain_kwargs(),
     )
     printer = ProgressPrinter()
     from ._progress import run
@@ -133,35 +139,20 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         printer.finish()
     dt = time.perf_counter() - t0
     print(
-        f"pretrained {a.preset} model ({model.config.get('n_parameters', 0) / 1e6:.2f} M "
+        f"pretrained {config.preset} model ({model.config.get('n_parameters', 0) / 1e6:.2f} M "
         f"parameters) in {_fmt_s(dt)} ({dt:.1f} s): {last.get('samples_per_s', 0):.0f} samples/s, "
         f"final loss {last.get('loss', float('nan')):.4f} -> {a.output}"
     )
     return 0
 
 
-def _parse_ints(text: str | None, name: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        if ":" in text:  # start:stop:step, stop inclusive
-            start, stop, step = (int(v) for v in text.split(":"))
-            return tuple(range(start, stop + 1, step))
-        return tuple(int(v) for v in text.replace(",", " ").split())
-    except ValueError:
-        raise InputError(
-            f"--{name} takes integers like '50,100,150' or 'start:stop:step', not {text!r}"
-        ) from None
-
-
 def _spec(a: argparse.Namespace) -> Any:
     from .features import FeatureSpec
 
     kw: dict[str, Any] = {"mode": getattr(a, "mode", "dense")}
-    if (ts := _parse_ints(getattr(a, "timesteps", None), "timesteps")) is not None:
-        kw["timesteps"] = ts
-    if (st := _parse_ints(getattr(a, "stages", None), "stages")) is not None:
-        kw["stages"] = st
+    for name in ("timesteps", "stages"):
+        if getattr(a, name, None) is not None:
+            kw[name] = parse_ints(getattr(a, name), f"--{name}")
     if getattr(a, "noise_draws", None) is not None:
         kw["noise_draws"] = a.noise_draws
     return FeatureSpec(**kw)
@@ -273,11 +264,38 @@ def cmd_cache(a: argparse.Namespace) -> int:
 
 
 def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    kw = {}
-    for name in ("k", "n_models", "epochs"):
-        if getattr(a, name, None) is not None:
-            kw[name] = getattr(a, name)
-    return kw
+    """The classifier options given (the others keep the job's defaults)."""
+    return {
+        name: getattr(a, name)
+        for name in ("k", "n_models", "epochs")
+        if getattr(a, name, None) is not None
+    }
+
+
+def cmd_update(a: argparse.Namespace) -> int:
+    """The panel's Update from the command line: continue a saved classifier on new labels."""
+    from .io import load_input, read_labels, write_labels
+    from .workspace import Workspace
+
+    cube, _ = load_input(a.input, key=a.key)
+    labels = read_labels(a.labels, key=a.labels_key)
+    ws = Workspace(cube, device=a.device, cache_dir=a.cache_dir)
+    ws.load_classifier(a.classifier)
+    ws.classifier_config = from_arguments(ClassifierConfig, a)
+    ws.set_labels(labels.data)
+    job = ws.update_job()
+    if job.note:
+        print(f"{job.name}: a new classifier, since {job.note}")
+    prediction = job.commit(_run(job.steps))
+    bundle = ws.save_classifier(a.output)
+    clf = ws.bundle.classifier
+    how = "continued" if clf.history_["warm_start"] else "trained afresh"
+    epochs = max(clf.history_["epochs_run"])
+    print(f"{how} on {ws.bundle.meta['n_train']} labelled pixels ({epochs} epochs) -> {bundle}")
+    if a.map:
+        path = write_labels(a.map, prediction.class_map, ws.class_names, ws.colors)
+        print(f"class map -> {path}")
+    return 0
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -425,15 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
             sp.add_argument("--device", default="auto", choices=DEVICES)
 
     def features(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--timesteps", help="e.g. '50:950:50' (default) or '100,300,500'")
-        sp.add_argument("--stages", help="decoder blocks, e.g. '0,1,2,3,5' (default)")
-        sp.add_argument("--noise-draws", type=int, help="noise fields whose features are averaged")
+        sp.add_argument("--timesteps", help=FEATURE_FIELDS["timesteps"])
+        sp.add_argument("--stages", help=FEATURE_FIELDS["stages"])
+        sp.add_argument("--noise-draws", type=int, help=FEATURE_FIELDS["noise_draws"])
         sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
 
     def classifier(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--k", type=int, help="channels kept by purification (default 768)")
-        sp.add_argument("--n-models", type=int, help="ensemble size (default 5)")
-        sp.add_argument("--epochs", type=int, help="at most this many epochs (default 100)")
+        add_arguments(sp, ClassifierConfig, ("k", "n_models", "epochs"))
 
     sp = add(
         "info", cmd_info, "describe a cube or label file: shape, bands, wavelengths, variables"
@@ -447,10 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("input")
     sp.add_argument("-o", "--output", required=True, help="model directory")
-    sp.add_argument("--preset", default="cpu", choices=PRESETS)
-    sp.add_argument("--steps", type=int, help="training steps (default: the preset's)")
-    sp.add_argument("--batch-size", type=int)
-    sp.add_argument("--seed", type=int, default=0)
+    add_arguments(sp, PretrainConfig)
     sp.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     sp.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     common(sp)
@@ -477,6 +490,17 @@ def build_parser() -> argparse.ArgumentParser:
     classifier(sp)
     common(sp)
 
+    sp = add("update", cmd_update, "continue a classifier on new labels, as the panel's Update")
+    sp.add_argument("input")
+    sp.add_argument("--classifier", required=True, help="classifier directory to continue")
+    sp.add_argument("--labels", required=True, help="the training labels now (0 = unlabelled)")
+    sp.add_argument("--labels-key", help="variable name in a .mat label file")
+    sp.add_argument("-o", "--output", required=True, help="the updated classifier's directory")
+    sp.add_argument("--map", help="also write the new class map here (.tif, .npy, .mat, .hdr)")
+    sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
+    add_arguments(sp, ClassifierConfig, ("update_epochs", "n_models", "epochs"))
+    common(sp)
+
     sp = add("predict", cmd_predict, "classify whole cubes with a trained classifier")
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
     sp.add_argument("--classifier", required=True, help="classifier directory from 'train'")
@@ -493,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
     sp.add_argument("--model", help="model directory (default: pretrain one with --preset)")
-    sp.add_argument("--preset", default="cpu", choices=PRESETS)
+    sp.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
     sp.add_argument("--steps", type=int, help="pretraining steps when no --model")
     sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
     sp.add_argument("--baselines", default="linear,svm,rf", help="comma list, '' for none")
@@ -511,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", default="mtmsd-demo", help="output directory")
     sp.add_argument("--split", default="random:0.1")
     sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
-    sp.add_argument("--preset", default="cpu", choices=PRESETS)
+    sp.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
     sp.add_argument("--steps", type=int, help="pretraining steps (default: the preset's)")
     sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
     common(sp, key=False)

@@ -96,7 +96,7 @@ def add_arguments(
         if names is not None and f.name not in names:
             continue
         help_text = f.metadata["help"].replace("%", "%%")
-        if f.default is not None and "default" not in help_text:
+        if f.default is not None and "(default" not in help_text:
             help_text += f" (default {f.default})"
         kind = str if isinstance(f.default, str) else int
         parser.add_argument(
