@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from napari_mtmsd._progress import run
+from napari_mtmsd.evaluation import iter_evaluate
 from napari_mtmsd.features import FeatureSpec
 from napari_mtmsd.model import DiffusionModel
-from napari_mtmsd.pipeline import iter_evaluate
 from napari_mtmsd.pretrain import pretrain
 from napari_mtmsd.samples import load_indian_pines
 

@@ -68,14 +68,15 @@ def _from_scratch_oa(classify, train, gt_data) -> float:
     from napari_mtmsd.pipeline import labelled_pixels
     from napari_mtmsd.pipeline import train as train_fresh
 
-    session = classify.session
+    ws = classify.session.ws
+    store = ws.features
     bundle = train_fresh(
-        session.model, session.cube(), train, classify.spec(), store=classify.store,
-        device="cpu", **classify.classifier_kwargs(),
+        ws.model, ws.cube, train, ws.spec, store=store, device="cpu",
+        **ws.classifier_config.classifier_kwargs(),
     )  # fmt: skip
     test = np.where((gt_data > 0) & (train == 0), gt_data, 0)
     coords, y = labelled_pixels(test)
-    pred = bundle.classifier.predict(*classify.store.pixels(coords))
+    pred = bundle.classifier.predict(*store.pixels(coords))
     return float(scores(y, pred)["oa"])
 
 
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     widget = MTMSDWidget(viewer)
     viewer.window.add_dock_widget(widget, name="MTMSD")
     session, data, classify = widget.session, widget.data, widget.classify
-    session.model = model
-    session.model_changed.emit()
+    session.ws.set_model(model)
     if args.epochs is not None:
         classify.epochs.setValue(args.epochs)
     if args.ensemble is not None:

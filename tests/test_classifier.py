@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mtmsd.classifier import CONFIG_FILE, WEIGHTS_FILE, MTMSDClassifier
+from napari_mtmsd.classifier import MTMSDClassifier
+from napari_mtmsd.classifier_file import CONFIG_FILE, WEIGHTS_FILE
 from napari_mtmsd.errors import InputError, ModelFileError
 
 

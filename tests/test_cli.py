@@ -51,7 +51,7 @@ def test_pretrain_train_predict_extract(tmp_path, capsys):
                  str(tmp_path / "clf2"), "--update-epochs", "2", "--cache-dir", cache,
                  "--map", str(tmp_path / "map.npy")]) == 0
     assert "continued on" in capsys.readouterr().out
-    from napari_mtmsd.pipeline import ClassifierBundle
+    from napari_mtmsd.bundle import ClassifierBundle
 
     updated = ClassifierBundle.load(tmp_path / "clf2")
     assert updated.classifier.history_["warm_start"]

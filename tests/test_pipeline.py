@@ -1,15 +1,13 @@
-"""End-to-end jobs: train, predict, bundle round-trip, evaluate on a small synthetic scene."""
+"""The jobs: train, predict (with the purified scene kept for Updates), continue a training."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
-from napari_mtmsd.errors import InputError, ModelFileError
+from napari_mtmsd.errors import InputError
 from napari_mtmsd.features import FeatureSpec
-from napari_mtmsd.pipeline import ClassifierBundle, evaluate, predict, train
+from napari_mtmsd.pipeline import predict, train
 
 SPEC = FeatureSpec(timesteps=(100, 400, 700), stages=(0, 1, 2), bf16=False)
 FAST = dict(n_models=2, epochs=15, k=16)
@@ -41,32 +39,6 @@ def test_predict_whole_scene(bundle, small_scene):
     assert (class_map == gt.data)[gt.data > 0].mean() > 0.6
 
 
-def test_bundle_round_trip(bundle, small_scene, tmp_path):
-    (b, cache), (cube, _) = bundle, small_scene
-    b.save(tmp_path / "clf")
-    loaded = ClassifierBundle.load(tmp_path / "clf")
-    assert loaded.spec == b.spec and loaded.class_names == b.class_names
-    np.testing.assert_array_equal(loaded.colors, b.colors)
-    a = predict(b, cube, device="cpu", cache_dir=cache)
-    c = predict(loaded, cube, device="cpu", cache_dir=cache)
-    np.testing.assert_array_equal(a[0], c[0])
-    np.testing.assert_allclose(a[1], c[1], rtol=1e-6)
-
-
-def test_bundle_errors(bundle, tmp_path):
-    b, _ = bundle
-    with pytest.raises(ModelFileError, match=r"no bundle\.json"):
-        ClassifierBundle.load(tmp_path)
-    b.save(tmp_path / "clf")
-    info = json.loads((tmp_path / "clf" / "bundle.json").read_text())
-    (tmp_path / "clf" / "bundle.json").write_text(json.dumps({**info, "format_version": 99}))
-    with pytest.raises(ModelFileError, match="format 99"):
-        ClassifierBundle.load(tmp_path / "clf")
-    (tmp_path / "clf" / "bundle.json").write_text("{not json")
-    with pytest.raises(ModelFileError, match="corrupt"):
-        ClassifierBundle.load(tmp_path / "clf")
-
-
 def test_predict_rejects_cube_with_other_bands(bundle, small_scene):
     import dataclasses
 
@@ -83,22 +55,6 @@ def test_train_needs_two_classes_and_matching_shape(tiny_model, small_cube):
         train(tiny_model, small_cube, labels, SPEC)
     with pytest.raises(InputError, match="training labels are"):
         train(tiny_model, small_cube, labels[:-1], SPEC)
-
-
-def test_evaluate_end_to_end(small_scene, tmp_path):
-    """Pretraining included, on test pixels only, with the baselines beside it."""
-    cube, gt = small_scene
-    report = evaluate(
-        cube, gt.data, split="random:0.1", seed=827, preset="tiny", pretrain_steps=20,
-        device="cpu", spec=SPEC, cache_dir=False, baselines=("linear", "svm"), **FAST,
-    )
-    n_lab = int((gt.data > 0).sum())
-    assert report["n_train"] + report["n_test"] == n_lab
-    assert report["n_test"] == int(np.asarray(report["confusion_matrix"]).sum())
-    assert 0 <= report["oa"] <= 100 and report["oa"] > 40
-    assert set(report["timings_s"]) == {"pretrain", "features", "train", "predict", "total"}
-    assert set(report["baselines"]) == {"linear", "svm"}
-    assert not (report["train_mask"] & report["test_mask"]).any()
 
 
 def test_train_can_continue_from_a_bundle(bundle, small_scene, tiny_model):

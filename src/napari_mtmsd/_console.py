@@ -1,12 +1,16 @@
-"""Progress of long calls from Python the way scientific Python shows it: a tqdm bar per stage
-(``tqdm.auto``: a text bar in a terminal, a widget in Jupyter)."""
+"""Progress on a console: from Python a tqdm bar per stage, the way scientific Python shows it
+(``tqdm.auto``: a text bar in a terminal, a widget in Jupyter); from the CLI one status line per
+stage that also reads well in a log."""
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
 from ._progress import Progress, run
+from ._text import eta_text
 
 R = TypeVar("R")
 
@@ -50,3 +54,56 @@ def run_with_bar(gen: Generator[Progress, None, R], desc: str, progress: bool = 
         return run(gen, bars)
     finally:
         bars.close()
+
+
+class ProgressPrinter:
+    """One status line per job stage on stderr: redrawn in place on a terminal, printed every few
+    seconds otherwise (logs), with the rate and an ETA."""
+
+    def __init__(self, stream: Any = None, every_s: float = 5.0):
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.every_s = every_s if not self.tty else 0.2
+        self.stage: str | None = None
+        self.t_stage = self.t_last = 0.0
+
+    def __call__(self, rec: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        stage = rec.get("stage", "")
+        if stage != self.stage:
+            self.finish()
+            self.stage, self.t_stage, self.t_last = stage, now, 0.0
+        if "message" in rec:
+            self._write(f"[{stage}] {rec['message']}", newline=True)
+        step, total = rec.get("step", 0), rec.get("total", 0)
+        if now - self.t_last < self.every_s and step != total:
+            return
+        self.t_last = now
+        elapsed = now - self.t_stage
+        parts = [f"[{stage}] {step}/{total}"]
+        if "loss" in rec:
+            parts.append(f"loss {rec['loss']:.4f}")
+        if "samples_per_s" in rec:
+            parts.append(f"{rec['samples_per_s']:.0f} samples/s")
+        if eta := eta_text(elapsed, step, total):
+            parts.append(eta)
+        parts.append(f"{fmt_s(elapsed)}")
+        self._write("  ".join(parts), newline=not self.tty)
+
+    def finish(self) -> None:
+        if self.tty and self.stage is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _write(self, text: str, newline: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if newline else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def fmt_s(s: float) -> str:
+    """``m:ss``."""
+    s = round(s)
+    return f"{s // 60}:{s % 60:02d}"

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from ._text import eta_text, parse_ints
+from ._text import parse_ints
 from .config import (
     FEATURE_FIELDS,
     PRESETS,
@@ -31,59 +31,8 @@ from .errors import InputError, MTMSDError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class ProgressPrinter:
-    """One status line per job stage on stderr: redrawn in place on a terminal, printed every few
-    seconds otherwise (logs), with the rate and an ETA."""
-
-    def __init__(self, stream: Any = None, every_s: float = 5.0):
-        self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.every_s = every_s if not self.tty else 0.2
-        self.stage: str | None = None
-        self.t_stage = self.t_last = 0.0
-
-    def __call__(self, rec: dict[str, Any]) -> None:
-        now = time.perf_counter()
-        stage = rec.get("stage", "")
-        if stage != self.stage:
-            self.finish()
-            self.stage, self.t_stage, self.t_last = stage, now, 0.0
-        if "message" in rec:
-            self._write(f"[{stage}] {rec['message']}", newline=True)
-        step, total = rec.get("step", 0), rec.get("total", 0)
-        if now - self.t_last < self.every_s and step != total:
-            return
-        self.t_last = now
-        elapsed = now - self.t_stage
-        parts = [f"[{stage}] {step}/{total}"]
-        if "loss" in rec:
-            parts.append(f"loss {rec['loss']:.4f}")
-        if "samples_per_s" in rec:
-            parts.append(f"{rec['samples_per_s']:.0f} samples/s")
-        if eta := eta_text(elapsed, step, total):
-            parts.append(eta)
-        parts.append(f"{_fmt_s(elapsed)}")
-        self._write("  ".join(parts), newline=not self.tty)
-
-    def finish(self) -> None:
-        if self.tty and self.stage is not None:
-            self.stream.write("\n")
-            self.stream.flush()
-
-    def _write(self, text: str, newline: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if newline else ""))
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
-
-
-def _fmt_s(s: float) -> str:
-    s = round(s)
-    return f"{s // 60}:{s % 60:02d}"
-
-
 def _run(gen: Any) -> Any:
+    from ._console import ProgressPrinter
     from ._progress import run
 
     printer = ProgressPrinter()
@@ -110,6 +59,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
+    from ._console import ProgressPrinter, fmt_s
     from .io import load_input
     from .pretrain import iter_pretrain
 
@@ -131,6 +81,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
         **config.pretrain_kwargs(),
     )
     printer = ProgressPrinter()
+
     from ._progress import run
 
     try:  # iter_pretrain writes the model directory itself (rank 0 only under torchrun)
@@ -140,7 +91,7 @@ def cmd_pretrain(a: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     print(
         f"pretrained {config.preset} model ({model.config.get('n_parameters', 0) / 1e6:.2f} M "
-        f"parameters) in {_fmt_s(dt)} ({dt:.1f} s): {last.get('samples_per_s', 0):.0f} samples/s, "
+        f"parameters) in {fmt_s(dt)} ({dt:.1f} s): {last.get('samples_per_s', 0):.0f} samples/s, "
         f"final loss {last.get('loss', float('nan')):.4f} -> {a.output}"
     )
     return 0
@@ -231,8 +182,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
+    from .bundle import ClassifierBundle
     from .io import load_input, write_prediction
-    from .pipeline import ClassifierBundle, iter_predict
+    from .pipeline import iter_predict
 
     bundle = ClassifierBundle.load(a.classifier)
     for inp in a.inputs:
@@ -299,9 +251,9 @@ def cmd_update(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluation import iter_evaluate
     from .io import load_input, read_labels
     from .model import DiffusionModel
-    from .pipeline import iter_evaluate
 
     cube, gt = load_input(a.input, key=a.key)
     if a.ground_truth:
@@ -327,14 +279,13 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             **_classifier_kwargs(a),
         )
     )
-    _print_report(report, gt.class_names)
-    _save_report(report, a.json, a.png, gt.class_names, gt.colors)
+    _show_report(report, a.json, a.png, gt.class_names, gt.colors)
     return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: the whole method on the embedded Indian Pines scene with the cpu preset."""
-    from .pipeline import iter_evaluate
+    from .evaluation import iter_evaluate
     from .samples import load_indian_pines
 
     cube, gt = load_indian_pines()
@@ -357,63 +308,27 @@ def cmd_demo(a: argparse.Namespace) -> int:
             class_names=gt.class_names,
         )
     )
-    _print_report(report, gt.class_names)
-    _save_report(report, out / "report.json", out, gt.class_names, gt.colors)
+    _show_report(report, out / "report.json", out, gt.class_names, gt.colors)
     report["bundle"].save(out / "classifier")
     print(f"classifier (with its diffusion model) -> {out / 'classifier'}")
     return 0
 
 
-def _print_report(report: dict[str, Any], class_names: Sequence[str] | None) -> None:
-    rows = [("MTMSD", report)] + [(k, v) for k, v in report.get("baselines", {}).items()]
-    names = {"linear": "linear probe", "svm": "RBF-SVM (spectra)", "rf": "random forest (spectra)"}
-    print(f"\n{'method':<26}{'OA':>8}{'AA':>8}{'kappa':>8}")
-    for name, r in rows:
-        print(f"{names.get(name, name):<26}{r['oa']:8.2f}{r['aa']:8.2f}{r['kappa']:8.2f}")
-    print(
-        f"\ntrain pixels {report['n_train']}, test pixels {report['n_test']} (scored on test only)"
-    )
-    t = report["timings_s"]
-    print("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
-    print(f"peak RSS {report['peak_rss_mb']:.0f} MB")
-
-
-def _save_report(
+def _show_report(
     report: dict[str, Any],
     json_path: str | Path | None,
     png_dir: str | Path | None,
     class_names: Sequence[str] | None,
     colors: Any,
 ) -> None:
-    from ._atomic import write_text
-    from .metrics import plot_class_map, plot_confusion
+    from .evaluation import format_report, save_report
 
+    print(format_report(report))
+    written = save_report(report, json_path, png_dir, class_names, colors)
     if json_path:
-        keep = {k: v for k, v in report.items() if not isinstance(v, np.ndarray) and k != "bundle"}
-        write_text(json_path, json.dumps(keep, indent=1, default=_jsonable))
-        print(f"report -> {json_path}")
+        print(f"report -> {written.pop(0)}")
     if png_dir:
-        png_dir = Path(png_dir)
-        names = list(class_names) if class_names else None
-        plot_class_map(
-            png_dir / "class_map.png",
-            report["class_map"],
-            names,
-            colors,
-            title=f"MTMSD, OA {report['oa']:.2f}",
-        )
-        plot_confusion(
-            png_dir / "confusion_matrix.png", np.asarray(report["confusion_matrix"]), names
-        )
-        print(f"figures -> {png_dir / 'class_map.png'}, {png_dir / 'confusion_matrix.png'}")
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
+        print(f"figures -> {written[0]}, {written[1]}")
 
 
 # --------------------------------------------------------------------------------------- parser

@@ -1,29 +1,26 @@
-"""The end-to-end jobs: train a classifier from labels, predict a scene, evaluate on ground truth.
+"""The jobs: whole-scene features, a classifier trained from labels, the class map of a scene.
 
 Each job is a progress generator (``iter_*``, see ``_progress``) so the CLI, the Python API and
 the napari widgets run the same code. Features go through the on-disk cache (``cache``), so a
-second training on new labels, or a prediction after training, costs no extraction.
+second training on new labels, or a prediction after training, costs no extraction. A feature
+source is anything with ``centre`` ((..., T, D) features of its pixels), ``chunks(size)`` and
+``pixels(coords)``: a whole-scene ``cache.FeatureStore`` or the labelled pixels' ``PixelFeatures``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import json
-import resource
-import tempfile
-import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from . import __version__
-from ._atomic import atomic_dir
 from ._progress import Progress, forward, run
-from .errors import InputError, ModelFileError
+from ._versioned import versions
+from .bundle import ClassifierBundle
+from .errors import InputError
 from .features import FeatureSpec
 
 if TYPE_CHECKING:
@@ -32,91 +29,26 @@ if TYPE_CHECKING:
     from .io import Cube
     from .model import DiffusionModel
 
-BUNDLE_FORMAT = 1
 PREDICT_CHUNK = 8192  # pixels classified at once when reading cached features
 #: The largest purified scene ``iter_predict`` keeps for ``reuse`` (MB). Indian Pines (21,025
 #: pixels, 19 timesteps, k = 192, bf16) takes 307 MB.
 REUSE_MAX_MB = 1024
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def labels_hash(labels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int32).tobytes()).hexdigest()[:16]
 
 
-@dataclasses.dataclass
-class ClassifierBundle:
-    """Everything needed to classify a new cube: the diffusion model, the feature spec, the
-    trained heads and the classes. Saved as one directory (the model is copied in, so a bundle
-    moves between machines as a whole)."""
+class FeatureSource(Protocol):
+    """Features of some pixels: ``centre`` (and ``glob``) are (H, W, T, D) for a whole scene or
+    (N, T, D) for N pixels; ``chunks`` walks all of them (flat pixel indices or a slice of
+    them, centre, global), ``pixels`` reads the given (row, col) ones."""
 
-    model: DiffusionModel
-    spec: FeatureSpec
-    classifier: MTMSDClassifier
-    class_names: list[str] | None = None
-    colors: np.ndarray | None = None
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    centre: Any
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        with atomic_dir(path) as tmp:
-            self.model.save(tmp / "model")
-            self.classifier.save(tmp / "classifier")
-            info = {
-                "format_version": BUNDLE_FORMAT,
-                "kind": "napari-mtmsd classifier",
-                "spec": self.spec.to_dict(),
-                "class_names": self.class_names,
-                "colors": None if self.colors is None else np.asarray(self.colors).tolist(),
-                "model_fingerprint": self.model.fingerprint(),
-                **self.meta,
-            }
-            (tmp / "bundle.json").write_text(json.dumps(info, indent=1))
-        return path
+    def chunks(self, size: int) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]: ...
 
-    @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> ClassifierBundle:
-        from .classifier import MTMSDClassifier
-        from .model import DiffusionModel
-
-        path = Path(path)
-        info_file = path / "bundle.json"
-        if not info_file.is_file():
-            raise ModelFileError(f"{path} is not a classifier directory: no bundle.json in it")
-        try:
-            info = json.loads(info_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelFileError(f"{info_file} is unreadable or corrupt: {e}") from e
-        if info.get("format_version") != BUNDLE_FORMAT:
-            raise ModelFileError(
-                f"{path} has classifier format {info.get('format_version')!r}; this version of "
-                f"napari-mtmsd reads format {BUNDLE_FORMAT}"
-            )
-        model = DiffusionModel.load(path / "model", device=device)
-        if model.fingerprint() != info["model_fingerprint"]:
-            raise ModelFileError(
-                f"the diffusion model in {path / 'model'} is not the one this classifier was "
-                "trained on (fingerprint mismatch)"
-            )
-        classifier = MTMSDClassifier.load(path / "classifier")
-        meta = {
-            k: v
-            for k, v in info.items()
-            if k not in ("spec", "class_names", "colors", "model_fingerprint")
-        }
-        colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
-        return cls(
-            model,
-            FeatureSpec.from_dict(info["spec"]),
-            classifier,
-            info.get("class_names"),
-            colors,
-            meta,
-        )
+    def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def default_k(n_channels: int) -> int:
@@ -152,16 +84,6 @@ class PixelFeatures:
         return self.centre[rows], self.glob[rows]
 
 
-@contextlib.contextmanager
-def _cache_root(cache_dir: str | Path | bool | None) -> Iterator[Path | None]:
-    """``None``: the user cache; ``False``: a temp directory removed afterwards; else that path."""
-    if cache_dir is False:
-        with tempfile.TemporaryDirectory(prefix="napari-mtmsd-") as d:
-            yield Path(d)
-    else:
-        yield None if cache_dir in (None, True) else Path(cache_dir)
-
-
 def iter_features(
     model: DiffusionModel,
     cube: Cube,
@@ -189,7 +111,7 @@ def iter_train(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     seed: int = 0,
-    store: FeatureStore | PixelFeatures | None = None,
+    store: FeatureSource | None = None,
     warm_start: ClassifierBundle | None = None,
     **classifier_kwargs: Any,
 ) -> Generator[Progress, None, ClassifierBundle]:
@@ -233,7 +155,7 @@ def iter_train(
         "n_train": len(y),
         "cube": {"name": cube.name, "shape": list(cube.data.shape)},
         "model_path": str(model.config.get("path", "")),
-        "versions": _versions(),
+        "versions": versions(),
     }
     return ClassifierBundle(model, spec, clf, class_names, colors, meta)
 
@@ -256,7 +178,7 @@ def iter_predict(
     cube: Cube,
     device: str = "auto",
     cache_dir: str | Path | None = None,
-    store: FeatureStore | PixelFeatures | None = None,
+    store: FeatureSource | None = None,
     reuse: dict | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Class map (H, W) int32 (0 where the cube is invalid or has no features) and confidence
@@ -273,7 +195,7 @@ def iter_predict(
     class_map = np.zeros(H * W, np.int32)
     confidence = np.zeros(H * W, np.float32)
     clf = bundle.classifier
-    n = len(store.coords) if isinstance(store, PixelFeatures) else H * W
+    n = int(np.prod(store.centre.shape[:-2]))  # pixels with features: (H, W) or (N,)
     total = -(-n // PREDICT_CHUNK)
     scene, new = None if reuse is None else reuse.get("purified"), None
     if scene is not None and scene.fits(clf, store):
@@ -353,183 +275,3 @@ def train(*args: Any, callback: Any = None, **kwargs: Any) -> ClassifierBundle:
 def predict(*args: Any, callback: Any = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
     """Plain-function form of :func:`iter_predict`."""
     return run(iter_predict(*args, **kwargs), callback)
-
-
-def iter_evaluate(
-    cube: Cube,
-    gt: np.ndarray,
-    split: str = "random:0.1",
-    seed: int = 827,
-    model: DiffusionModel | None = None,
-    preset: str = "cpu",
-    pretrain_steps: int | None = None,
-    pretrain_seed: int = 0,
-    device: str = "auto",
-    spec: FeatureSpec | None = None,
-    cache_dir: str | Path | bool | None = False,
-    baselines: tuple[str, ...] = ("linear", "svm", "rf"),
-    class_names: list[str] | None = None,
-    **classifier_kwargs: Any,
-) -> Generator[Progress, None, dict[str, Any]]:
-    """The whole method on one cube with ground truth, scored on test pixels only.
-
-    Pretrains first when no ``model`` is given, with ``pretrain_seed``: pretraining sees no labels,
-    so its seed is independent of the split's ``seed``. Returns the report the CLI prints and saves:
-    ``oa``, ``aa``, ``kappa`` (x100), ``per_class_accuracy``, ``confusion_matrix``, ``n_train``,
-    ``n_test``, ``timings_s``, ``peak_rss_mb``, ``config``, ``baselines``, plus the maps.
-    """
-    from .metrics import scores
-    from .pretrain import iter_pretrain
-    from .splits import make_split
-
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    gt = np.asarray(gt)
-    if gt.shape != tuple(cube.data.shape[:2]):
-        raise InputError(
-            f"the ground truth is {gt.shape[0]} x {gt.shape[1]} but the cube {cube.name!r} is "
-            f"{cube.data.shape[0]} x {cube.data.shape[1]}"
-        )
-    train_mask, test_mask = make_split(gt, split, seed=seed)
-    train_labels = np.where(train_mask, gt, 0)
-    if model is None:
-        t0 = time.perf_counter()
-        model = yield from forward(
-            iter_pretrain(
-                cube, preset=preset, steps=pretrain_steps, device=device, seed=pretrain_seed
-            )
-        )
-        timings["pretrain"] = time.perf_counter() - t0
-    else:
-        timings["pretrain"] = 0.0
-    spec = spec or FeatureSpec()
-    with _cache_root(cache_dir) as root:
-        t0 = time.perf_counter()
-        if spec.mode == "patch":  # the reference: one window per pixel, labelled pixels only
-            from .features import iter_extract_pixels
-
-            coords, _ = labelled_pixels(gt)
-            c, g = yield from iter_extract_pixels(model, cube, coords, spec, device)
-            store = PixelFeatures(coords, c, g, gt.shape)
-        else:
-            store = yield from iter_features(model, cube, spec, device, root)
-        timings["features"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        bundle = yield from iter_train(
-            model,
-            cube,
-            train_labels,
-            spec,
-            class_names=class_names,
-            device=device,
-            seed=seed,
-            store=store,
-            **classifier_kwargs,
-        )
-        timings["train"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
-        timings["predict"] = time.perf_counter() - t0
-
-        test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))
-        labels = sorted(int(v) for v in np.unique(gt[gt > 0]))
-        y_pred = class_map[test_coords[:, 0], test_coords[:, 1]]
-        report = scores(y_test, y_pred, labels=labels)
-        report["baselines"] = yield from _iter_baselines(
-            baselines,
-            cube,
-            store,
-            gt,
-            train_mask,
-            test_coords,
-            y_test,
-            labels,
-            seed,
-            classifier_kwargs.get("k") or bundle.classifier.k,
-        )
-    timings["total"] = time.perf_counter() - t_start
-    report.update(
-        n_train=int(train_mask.sum()),
-        n_test=int(test_mask.sum()),
-        timings_s={k: round(v, 2) for k, v in timings.items()},
-        peak_rss_mb=round(peak_rss_mb(), 1),
-        config={
-            "cube": cube.name,
-            "split": split,
-            "seed": seed,
-            "preset": model.config.get("preset"),
-            "pretrain_steps": model.config.get("step"),
-            "pretrain_seed": model.config.get("seed"),
-            "spec": spec.to_dict(),
-            "classifier": bundle.classifier.hyperparameters(),
-            "device": device,
-            "versions": _versions(),
-        },
-        class_map=class_map,
-        confidence=confidence,
-        train_mask=train_mask,
-        test_mask=test_mask,
-        bundle=bundle,
-    )
-    return report
-
-
-def _iter_baselines(
-    names: tuple[str, ...],
-    cube: Cube,
-    store: FeatureStore,
-    gt: np.ndarray,
-    train_mask: np.ndarray,
-    test_coords: np.ndarray,
-    y_test: np.ndarray,
-    labels: list[int],
-    seed: int,
-    k: int,
-) -> Generator[Progress, None, dict[str, Any]]:
-    """The comparison heads on the same split: a linear probe on purified diffusion features and
-    spectral baselines on the raw spectra."""
-    from . import baselines as bl
-    from .metrics import scores
-
-    out: dict[str, Any] = {}
-    train_coords, y_train = labelled_pixels(np.where(train_mask, gt, 0))
-    for i, name in enumerate(names):
-        t0 = time.perf_counter()
-        if name == "linear":
-            model = bl.LinearProbe(k=k, seed=seed)
-            model.fit(*store.pixels(train_coords), y_train)
-            y_pred = model.predict(*store.pixels(test_coords))
-        elif name in ("svm", "rf"):
-            spectra = np.asarray(cube.data, dtype=np.float32)
-            x_train = spectra[train_coords[:, 0], train_coords[:, 1]]
-            x_test = spectra[test_coords[:, 0], test_coords[:, 1]]
-            cls = bl.SpectralSVM if name == "svm" else bl.SpectralRandomForest
-            model = cls(seed=seed)
-            model.fit(x_train, y_train)
-            y_pred = model.predict(x_test)
-        else:
-            raise InputError(f"unknown baseline {name!r}: choose from linear, svm, rf")
-        res = scores(y_test, y_pred, labels=labels)
-        res["time_s"] = round(time.perf_counter() - t0, 2)
-        out[name] = res
-        yield {"stage": "baselines", "step": i + 1, "total": len(names), "baseline": name}
-    return out
-
-
-def evaluate(*args: Any, callback: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Plain-function form of :func:`iter_evaluate`."""
-    return run(iter_evaluate(*args, **kwargs), callback)
-
-
-def _versions() -> dict[str, str]:
-    import sklearn
-    import torch
-
-    return {
-        "napari-mtmsd": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-    }

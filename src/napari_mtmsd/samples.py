@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .io import Cube, LabelMap, default_colors
+from .io._types import Cube, LabelMap, default_colors
 
 INDIAN_PINES_CLASSES = [
     "Alfalfa",

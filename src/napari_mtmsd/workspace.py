@@ -35,10 +35,10 @@ from .errors import InputError
 from .features import FeatureSpec
 
 if TYPE_CHECKING:
+    from .bundle import ClassifierBundle
     from .cache import FeatureStore
     from .io import Cube
     from .model import DiffusionModel
-    from .pipeline import ClassifierBundle
 
 
 class WorkspaceEvents(SignalGroup):
@@ -358,7 +358,7 @@ class Workspace:
 
     def load_classifier(self, path: str | Path) -> ClassifierBundle:
         """A saved classifier; its diffusion model, spec and classes become the current ones."""
-        from .pipeline import ClassifierBundle
+        from .bundle import ClassifierBundle
 
         bundle = ClassifierBundle.load(path)
         self.set_model(bundle.model)

@@ -1,0 +1,73 @@
+"""The saved classifier: diffusion model, feature spec, trained heads and classes in one
+directory (``bundle.json``, ``model/``, ``classifier/``), so it moves between machines whole."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._atomic import atomic_dir
+from ._versioned import read_json, write_json
+from .errors import ModelFileError
+from .features import FeatureSpec
+
+if TYPE_CHECKING:
+    from .classifier import MTMSDClassifier
+    from .model import DiffusionModel
+
+BUNDLE_FORMAT = 1
+BUNDLE_FILE = "bundle.json"
+_OWN_KEYS = ("spec", "class_names", "colors", "model_fingerprint")  # the rest is ``meta``
+
+
+@dataclasses.dataclass
+class ClassifierBundle:
+    """Everything needed to classify a new cube: the diffusion model, the feature spec, the
+    trained heads and the classes."""
+
+    model: DiffusionModel
+    spec: FeatureSpec
+    classifier: MTMSDClassifier
+    class_names: list[str] | None = None
+    colors: np.ndarray | None = None
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            self.model.save(tmp / "model")
+            self.classifier.save(tmp / "classifier")
+            record = {
+                "kind": "napari-mtmsd classifier",
+                "spec": self.spec.to_dict(),
+                "class_names": self.class_names,
+                "colors": None if self.colors is None else np.asarray(self.colors).tolist(),
+                "model_fingerprint": self.model.fingerprint(),
+                **self.meta,
+            }
+            write_json(tmp / BUNDLE_FILE, BUNDLE_FORMAT, record)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "cpu") -> ClassifierBundle:
+        from .classifier import MTMSDClassifier
+        from .model import DiffusionModel
+
+        path = Path(path)
+        info = read_json(
+            path / BUNDLE_FILE, BUNDLE_FORMAT, "a classifier directory", "train it again"
+        )
+        model = DiffusionModel.load(path / "model", device=device)
+        if model.fingerprint() != info["model_fingerprint"]:
+            raise ModelFileError(
+                f"the diffusion model in {path / 'model'} is not the one this classifier was "
+                "trained on (fingerprint mismatch)"
+            )
+        classifier = MTMSDClassifier.load(path / "classifier")
+        meta = {k: v for k, v in info.items() if k not in _OWN_KEYS}
+        colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
+        spec = FeatureSpec.from_dict(info["spec"])
+        return cls(model, spec, classifier, info.get("class_names"), colors, meta)

@@ -1,0 +1,304 @@
+"""The whole method on a cube with ground truth, scored on test pixels only, beside the
+baselines; the report the CLI prints and saves (``evaluate``, ``demo``) and the benchmarks read."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import resource
+import tempfile
+import time
+from collections.abc import Generator, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._progress import Progress, forward, run
+from ._versioned import versions
+from .errors import InputError
+from .features import FeatureSpec
+from .pipeline import (
+    FeatureSource,
+    PixelFeatures,
+    iter_features,
+    iter_predict,
+    iter_train,
+    labelled_pixels,
+)
+
+if TYPE_CHECKING:
+    from .io import Cube
+    from .model import DiffusionModel
+
+BASELINE_NAMES = {
+    "linear": "linear probe",
+    "svm": "RBF-SVM (spectra)",
+    "rf": "random forest (spectra)",
+}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def _cache_root(cache_dir: str | Path | bool | None) -> Iterator[Path | None]:
+    """``None``: the user cache; ``False``: a temp directory removed afterwards; else that path."""
+    if cache_dir is False:
+        with tempfile.TemporaryDirectory(prefix="napari-mtmsd-") as d:
+            yield Path(d)
+    else:
+        yield None if cache_dir in (None, True) else Path(cache_dir)
+
+
+def iter_evaluate(
+    cube: Cube,
+    gt: np.ndarray,
+    split: str = "random:0.1",
+    seed: int = 827,
+    model: DiffusionModel | None = None,
+    preset: str = "cpu",
+    pretrain_steps: int | None = None,
+    pretrain_seed: int = 0,
+    device: str = "auto",
+    spec: FeatureSpec | None = None,
+    cache_dir: str | Path | bool | None = False,
+    baselines: tuple[str, ...] = ("linear", "svm", "rf"),
+    class_names: list[str] | None = None,
+    **classifier_kwargs: Any,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """The whole method on one cube with ground truth, scored on test pixels only.
+
+    Pretrains first when no ``model`` is given, with ``pretrain_seed``: pretraining sees no labels,
+    so its seed is independent of the split's ``seed``. Returns the report the CLI prints and saves:
+    ``oa``, ``aa``, ``kappa`` (x100), ``per_class_accuracy``, ``confusion_matrix``, ``n_train``,
+    ``n_test``, ``timings_s``, ``peak_rss_mb``, ``config``, ``baselines``, plus the maps.
+    """
+    from .pretrain import iter_pretrain
+    from .splits import make_split
+
+    t_start = time.perf_counter()
+    timings = {"pretrain": 0.0}
+    gt = _check_gt(cube, gt)
+    train_mask, test_mask = make_split(gt, split, seed=seed)
+    if model is None:
+        t0 = time.perf_counter()
+        model = yield from forward(
+            iter_pretrain(
+                cube, preset=preset, steps=pretrain_steps, device=device, seed=pretrain_seed
+            )
+        )
+        timings["pretrain"] = time.perf_counter() - t0
+    spec = spec or FeatureSpec()
+    with _cache_root(cache_dir) as root:
+        t0 = time.perf_counter()
+        store = yield from _iter_source(model, cube, gt, spec, device, root)
+        timings["features"] = time.perf_counter() - t0
+        report = yield from _iter_score(
+            model, cube, gt, (train_mask, test_mask), spec, store, device, seed, class_names,
+            baselines, timings, classifier_kwargs,
+        )  # fmt: skip
+    timings["total"] = time.perf_counter() - t_start
+    report.update(
+        n_train=int(train_mask.sum()),
+        n_test=int(test_mask.sum()),
+        timings_s={k: round(v, 2) for k, v in timings.items()},
+        peak_rss_mb=round(peak_rss_mb(), 1),
+        config=_config(cube, model, split, seed, spec, report["bundle"], device),
+        train_mask=train_mask,
+        test_mask=test_mask,
+    )
+    return report
+
+
+def _check_gt(cube: Cube, gt: np.ndarray) -> np.ndarray:
+    gt = np.asarray(gt)
+    if gt.shape != tuple(cube.data.shape[:2]):
+        raise InputError(
+            f"the ground truth is {gt.shape[0]} x {gt.shape[1]} but the cube {cube.name!r} is "
+            f"{cube.data.shape[0]} x {cube.data.shape[1]}"
+        )
+    return gt
+
+
+def _iter_source(
+    model: DiffusionModel,
+    cube: Cube,
+    gt: np.ndarray,
+    spec: FeatureSpec,
+    device: str,
+    root: Path | None,
+) -> Generator[Progress, None, FeatureSource]:
+    """Dense whole-scene features, or in patch mode (the reference: one window per pixel) the
+    labelled pixels' only."""
+    if spec.mode != "patch":
+        return (yield from iter_features(model, cube, spec, device, root))
+    from .features import iter_extract_pixels
+
+    coords, _ = labelled_pixels(gt)
+    c, g = yield from iter_extract_pixels(model, cube, coords, spec, device)
+    return PixelFeatures(coords, c, g, gt.shape)
+
+
+def _iter_score(
+    model: DiffusionModel,
+    cube: Cube,
+    gt: np.ndarray,
+    masks: tuple[np.ndarray, np.ndarray],
+    spec: FeatureSpec,
+    store: FeatureSource,
+    device: str,
+    seed: int,
+    class_names: list[str] | None,
+    baselines: tuple[str, ...],
+    timings: dict[str, float],
+    classifier_kwargs: dict[str, Any],
+) -> Generator[Progress, None, dict[str, Any]]:
+    """Train on the training mask, predict the scene, score the test pixels and the baselines."""
+    from .metrics import scores
+
+    train_mask, test_mask = masks
+    t0 = time.perf_counter()
+    bundle = yield from iter_train(
+        model, cube, np.where(train_mask, gt, 0), spec, class_names=class_names, device=device,
+        seed=seed, store=store, **classifier_kwargs,
+    )  # fmt: skip
+    timings["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
+    timings["predict"] = time.perf_counter() - t0
+
+    test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))
+    labels = sorted(int(v) for v in np.unique(gt[gt > 0]))
+    report = scores(y_test, class_map[test_coords[:, 0], test_coords[:, 1]], labels=labels)
+    k = classifier_kwargs.get("k") or bundle.classifier.k
+    train = labelled_pixels(np.where(train_mask, gt, 0))
+    report["baselines"] = yield from _iter_baselines(
+        baselines, cube, store, train, (test_coords, y_test), labels, seed, k
+    )
+    report.update(class_map=class_map, confidence=confidence, bundle=bundle)
+    return report
+
+
+def _config(
+    cube: Cube,
+    model: DiffusionModel,
+    split: str,
+    seed: int,
+    spec: FeatureSpec,
+    bundle: Any,
+    device: str,
+) -> dict[str, Any]:
+    return {
+        "cube": cube.name,
+        "split": split,
+        "seed": seed,
+        "preset": model.config.get("preset"),
+        "pretrain_steps": model.config.get("step"),
+        "pretrain_seed": model.config.get("seed"),
+        "spec": spec.to_dict(),
+        "classifier": bundle.classifier.hyperparameters(),
+        "device": device,
+        "versions": versions(),
+    }
+
+
+def _iter_baselines(
+    names: tuple[str, ...],
+    cube: Cube,
+    store: FeatureSource,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    labels: list[int],
+    seed: int,
+    k: int,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """The comparison heads on the same split: a linear probe on purified diffusion features and
+    spectral baselines on the raw spectra. ``train`` and ``test``: pixel coords and labels."""
+    from . import baselines as bl
+    from .metrics import scores
+
+    (train_coords, y_train), (test_coords, y_test) = train, test
+    out: dict[str, Any] = {}
+    for i, name in enumerate(names):
+        t0 = time.perf_counter()
+        if name == "linear":
+            model = bl.LinearProbe(k=k, seed=seed)
+            model.fit(*store.pixels(train_coords), y_train)
+            y_pred = model.predict(*store.pixels(test_coords))
+        elif name in ("svm", "rf"):
+            spectra = np.asarray(cube.data, dtype=np.float32)
+            x_train = spectra[train_coords[:, 0], train_coords[:, 1]]
+            x_test = spectra[test_coords[:, 0], test_coords[:, 1]]
+            cls = bl.SpectralSVM if name == "svm" else bl.SpectralRandomForest
+            model = cls(seed=seed)
+            model.fit(x_train, y_train)
+            y_pred = model.predict(x_test)
+        else:
+            raise InputError(f"unknown baseline {name!r}: choose from linear, svm, rf")
+        res = scores(y_test, y_pred, labels=labels)
+        res["time_s"] = round(time.perf_counter() - t0, 2)
+        out[name] = res
+        yield {"stage": "baselines", "step": i + 1, "total": len(names), "baseline": name}
+    return out
+
+
+def evaluate(*args: Any, callback: Any = None, **kwargs: Any) -> dict[str, Any]:
+    """Plain-function form of :func:`iter_evaluate`."""
+    return run(iter_evaluate(*args, **kwargs), callback)
+
+
+# the report ---------------------------------------------------------------------------------
+def format_report(report: dict[str, Any]) -> str:
+    """OA / AA / kappa of MTMSD and the baselines, pixel counts, times and peak memory."""
+    rows = [("MTMSD", report), *report.get("baselines", {}).items()]
+    lines = [f"\n{'method':<26}{'OA':>8}{'AA':>8}{'kappa':>8}"]
+    for name, r in rows:
+        label = BASELINE_NAMES.get(name, name)
+        lines.append(f"{label:<26}{r['oa']:8.2f}{r['aa']:8.2f}{r['kappa']:8.2f}")
+    lines.append(
+        f"\ntrain pixels {report['n_train']}, test pixels {report['n_test']} (scored on test only)"
+    )
+    t = report["timings_s"]
+    lines.append("time (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    lines.append(f"peak RSS {report['peak_rss_mb']:.0f} MB")
+    return "\n".join(lines)
+
+
+def save_report(
+    report: dict[str, Any],
+    json_path: str | Path | None,
+    png_dir: str | Path | None,
+    class_names: Sequence[str] | None,
+    colors: Any,
+) -> list[Path]:
+    """The report as JSON (without the maps and the classifier) and the class map and
+    confusion matrix as PNGs, where asked; the paths written."""
+    from ._atomic import write_text
+    from .metrics import plot_class_map, plot_confusion
+
+    written = []
+    if json_path:
+        keep = {k: v for k, v in report.items() if not isinstance(v, np.ndarray) and k != "bundle"}
+        write_text(json_path, json.dumps(keep, indent=1, default=_jsonable))
+        written.append(Path(json_path))
+    if png_dir:
+        png_dir = Path(png_dir)
+        names = list(class_names) if class_names else None
+        title = f"MTMSD, OA {report['oa']:.2f}"
+        cm = np.asarray(report["confusion_matrix"])
+        written.append(
+            plot_class_map(png_dir / "class_map.png", report["class_map"], names, colors, title)
+        )
+        written.append(plot_confusion(png_dir / "confusion_matrix.png", cm, names))
+    return written
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)
