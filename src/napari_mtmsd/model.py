@@ -25,6 +25,7 @@ import torch
 
 from . import __version__
 from ._atomic import atomic_dir
+from ._versioned import read_json
 from ._weights import assign, empty
 from .errors import InputError, ModelFileError
 from .preprocess import Preprocessor, as_cube
@@ -172,22 +173,9 @@ class DiffusionModel:
         if not path.is_dir():
             raise ModelFileError(f"model directory {path} does not exist")
         cfg_path = path / CONFIG
-        if not cfg_path.is_file():
-            raise ModelFileError(
-                f"{cfg_path} is missing: {path} is not a napari-mtmsd model directory"
-            )
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFileError(f"{cfg_path} is not valid JSON ({exc})") from exc
-        if not isinstance(cfg, dict):
-            raise ModelFileError(f"{cfg_path} must hold a JSON object")
-        version = cfg.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ModelFileError(
-                f"{path} is a model of format version {version}; this napari-mtmsd "
-                f"({__version__}) reads format version {FORMAT_VERSION}: pretrain the model again"
-            )
+        cfg = read_json(
+            cfg_path, FORMAT_VERSION, "a napari-mtmsd model directory", "pretrain the model again"
+        )
         for key in ("architecture", "schedule", "files"):
             if not isinstance(cfg.get(key), dict):
                 raise ModelFileError(f"{cfg_path} lacks the {key!r} section")
