@@ -1,4 +1,5 @@
-"""The training loop of the classifier ensemble (the paper's: Adam, cosine decay to ``min_lr``,
+"""How the classifier trains: its starting point (a fresh purification and ensemble, or the
+classifier it continues) and the loop (the paper's: Adam, cosine decay to ``min_lr``,
 cross-entropy, early stop when a member's training loss stops improving).
 
 All members train together as one stacked model (``fusion.SelectiveFusion``), each with its own
@@ -7,6 +8,8 @@ batches, its own early stop and a snapshot of its weights taken when it stops.
 
 from __future__ import annotations
 
+import copy
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -17,6 +20,68 @@ import torch.nn.functional as F
 from ._progress import Progress
 from .errors import InputError
 from .fusion import SelectiveFusion
+from .purification import select_channels
+
+_ROWS = 256  # rows per chunk of the channel statistics (bounded memory)
+Start = tuple[SelectiveFusion, tuple[np.ndarray, np.ndarray], dict | None, list[str]]
+
+
+def check_labels(y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``y`` (N,) and each pixel's index into them; InputError unless one
+    integer label >= 1 per pixel, of at least 2 classes."""
+    y = np.asarray(y).reshape(-1)
+    if len(y) != n:
+        raise InputError(f"{len(y)} labels for {n} pixels: expected one per pixel")
+    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 1):
+        raise InputError("training labels: expected integers >= 1 (0 means unlabelled)")
+    classes, y_idx = np.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        raise InputError(f"training labels hold {len(classes)} class: expected at least 2")
+    return classes, y_idx
+
+
+def fresh(
+    centre: np.ndarray,
+    glob: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    settings: dict[str, Any],
+    gen: torch.Generator,
+    device: torch.device,
+) -> Start:
+    """The starting point of a full fit: ``k`` channels of each feature type purified on ``y``
+    (clipped to what there is, with a warning), a new ensemble; the statistics of the purified
+    channels follow (None)."""
+    notes = []
+    want = settings["k"]
+    k = min(want, centre.shape[2], glob.shape[2])
+    if k < want:
+        notes.append(f"k={want} clipped to {k}: the features have only {k} channels")
+        warnings.warn(notes[-1], stacklevel=4)
+    purify = {"lam": settings["lam"], "timestep_weight": settings["timestep_weight"]}
+    idx = (select_channels(centre, y, k, **purify), select_channels(glob, y, k, **purify))
+    model = SelectiveFusion(k, centre.shape[1], n_classes, settings["n_models"], generator=gen)
+    return model.to(device), idx, None, notes
+
+
+def continued(
+    warm_start: Any,
+    y: np.ndarray,
+    centre: np.ndarray,
+    glob: np.ndarray,
+    n_models: int,
+    device: torch.device,
+) -> Start:
+    """The starting point of a warm start: the fitted classifier's purification, statistics
+    and (a copy of its) weights; InputError when it cannot be continued on these inputs."""
+    reason = warm_start.warm_start_mismatch(y, n_models, centre, glob)
+    if reason is not None:
+        raise InputError(f"cannot continue from that classifier: {reason}")
+    idx = (warm_start.purification_["centre"], warm_start.purification_["glob"])
+    model = copy.deepcopy(warm_start.model_).to(device)
+    n_before = warm_start.history_["n_train"]
+    notes = [f"continued from a classifier trained on {n_before} pixels"]
+    return model, idx, warm_start.stats_, notes
 
 
 class EnsembleTrainLoop:
@@ -171,3 +236,20 @@ def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
+
+
+def channel_stats(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over pixels and timesteps (float64 sums in row chunks)."""
+    d = x.shape[2]
+    if not standardize:
+        return np.zeros(d, np.float32), np.ones(d, np.float32)
+    total, squares, count = np.zeros(d), np.zeros(d), 0
+    for start in range(0, len(x), _ROWS):
+        chunk = np.asarray(x[start : start + _ROWS], dtype=np.float64).reshape(-1, d)
+        total += chunk.sum(axis=0)
+        squares += np.einsum("nd,nd->d", chunk, chunk)
+        count += len(chunk)
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    std = np.where(std > 1e-6 * max(float(np.abs(mean).max()), 1.0), std, 1.0)  # constant channels
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,4 +1,6 @@
-"""MTMSD classifier: purification + an ensemble of selective-fusion models (method.md 4-5).
+"""MTMSD classifier: purification + an ensemble of selective-fusion models (method.md 4-5): the
+estimator (fit, predict, purified features, attention); how it trains is ``_fit_loop``, its
+files ``classifier_file``.
 
 Training follows the paper (Adam, cosine decay to ``min_lr`` over ``epochs``, batch 64,
 cross-entropy, early stop when the training loss stops improving, 5 independently initialised
@@ -11,8 +13,6 @@ its own batches, its own early stop and a snapshot of its weights taken when it 
 
 from __future__ import annotations
 
-import copy
-import warnings
 from collections.abc import Generator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,16 +21,14 @@ import numpy as np
 import torch
 
 from . import classifier_file
-from ._fit_loop import EnsembleTrainLoop, normalise
+from ._fit_loop import EnsembleTrainLoop, channel_stats, check_labels, continued, fresh, normalise
 from ._progress import Callback, Progress, run
 from ._weights import assign, empty
 from .device import bf16_supported, cpu_threads, resolve_device
 from .errors import InputError, ModelFileError
 from .fusion import SelectiveFusion
-from .purification import select_channels
 
-#: Rows per chunk when computing channel statistics and predicting (bounded memory).
-# Pixels per inference batch. The (members, pixels, timesteps, k) intermediates of a small batch
+#: Pixels per inference batch. The (members, pixels, timesteps, k) intermediates of a small batch
 # stay in the CPU caches: predicting all of Indian Pines (5 members, k = 192) took 4.2 s at 256
 # rows against 15.6 s at 4096 on this project's 2-core machine.
 _ROWS = 256
@@ -173,21 +171,22 @@ class MTMSDClassifier:
         warm_start: MTMSDClassifier | None,
     ) -> Generator[Progress, None, MTMSDClassifier]:
         centre, glob = _check_pair(centre, glob)
-        classes, y_idx = _check_labels(y, len(centre))
+        classes, y_idx = check_labels(y, len(centre))
         device = resolve_device(self.device)
         gen = torch.Generator().manual_seed(self.seed)
+        settings = self.hyperparameters()
         if warm_start is not None:
-            start = self._continued(warm_start, classes[y_idx], centre, glob, device)
+            start = continued(warm_start, classes[y_idx], centre, glob, self.n_models, device)
         else:
-            start = self._fresh(centre, glob, classes[y_idx], len(classes), gen, device)
+            start = fresh(centre, glob, classes[y_idx], len(classes), settings, gen, device)
         model, (idx_c, idx_g), stats, notes = start
         xc, xg = centre[:, :, idx_c], glob[:, :, idx_g]
         if stats is None:
             stats = {
-                "centre": _channel_stats(xc, self.standardize),
-                "glob": _channel_stats(xg, self.standardize),
+                "centre": channel_stats(xc, self.standardize),
+                "glob": channel_stats(xg, self.standardize),
             }
-        loop = EnsembleTrainLoop(model, xc, xg, y_idx, stats, self.hyperparameters(), device, gen)
+        loop = EnsembleTrainLoop(model, xc, xg, y_idx, stats, settings, device, gen)
         yield from loop.run()
         self.model_ = model.cpu()
         self.classes_ = classes
@@ -199,47 +198,6 @@ class MTMSDClassifier:
         self.history_ = loop.history(warm_start is not None)
         self.notes_ = notes
         return self
-
-    def _continued(
-        self,
-        warm_start: MTMSDClassifier,
-        y: np.ndarray,
-        centre: np.ndarray,
-        glob: np.ndarray,
-        device: torch.device,
-    ) -> tuple[SelectiveFusion, tuple[np.ndarray, np.ndarray], dict, list[str]]:
-        """The starting point of a warm start: the other classifier's purification, statistics
-        and (a copy of its) weights."""
-        reason = warm_start.warm_start_mismatch(y, self.n_models, centre, glob)
-        if reason is not None:
-            raise InputError(f"cannot continue from that classifier: {reason}")
-        idx = tuple(warm_start.purification_[key] for key in ("centre", "glob"))
-        model = copy.deepcopy(warm_start.model_).to(device)
-        n_before = warm_start.history_["n_train"]
-        notes = [f"continued from a classifier trained on {n_before} pixels"]
-        return model, idx, warm_start.stats_, notes  # type: ignore[return-value]
-
-    def _fresh(
-        self,
-        centre: np.ndarray,
-        glob: np.ndarray,
-        y: np.ndarray,
-        n_classes: int,
-        gen: torch.Generator,
-        device: torch.device,
-    ) -> tuple[SelectiveFusion, tuple[np.ndarray, np.ndarray], None, list[str]]:
-        """The starting point of a full fit: purification fitted on ``y``, a new ensemble (its
-        statistics follow from the purified channels)."""
-        notes = []
-        k = min(self.k, centre.shape[2], glob.shape[2])
-        if k < self.k:
-            notes.append(f"k={self.k} clipped to {k}: the features have only {k} channels")
-            warnings.warn(notes[-1], stacklevel=4)
-        purify = {"lam": self.lam, "timestep_weight": self.timestep_weight}
-        idx = (select_channels(centre, y, k, **purify), select_channels(glob, y, k, **purify))
-        t = centre.shape[1]
-        model = SelectiveFusion(k, t, n_classes, self.n_models, generator=gen).to(device)
-        return model, idx, None, notes
 
     # ---------------------------------------------------------------- inference
     def predict_proba(
@@ -467,20 +425,6 @@ class MTMSDClassifier:
         return self
 
 
-def _check_labels(y: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The classes of ``y`` (N,) and each pixel's index into them; InputError unless one
-    integer label >= 1 per pixel, of at least 2 classes."""
-    y = np.asarray(y).reshape(-1)
-    if len(y) != n:
-        raise InputError(f"{len(y)} labels for {n} pixels: expected one per pixel")
-    if not np.issubdtype(y.dtype, np.integer) or (len(y) and y.min() < 1):
-        raise InputError("training labels: expected integers >= 1 (0 means unlabelled)")
-    classes, y_idx = np.unique(y, return_inverse=True)
-    if len(classes) < 2:
-        raise InputError(f"training labels hold {len(classes)} class: expected at least 2")
-    return classes, y_idx
-
-
 def _check_pair(centre: np.ndarray, glob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     centre, glob = np.asarray(centre), np.asarray(glob)
     for name, a in (("centre", centre), ("glob", glob)):
@@ -492,20 +436,3 @@ def _check_pair(centre: np.ndarray, glob: np.ndarray) -> tuple[np.ndarray, np.nd
             "same pixels N and timesteps T"
         )
     return centre, glob
-
-
-def _channel_stats(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std over pixels and timesteps (float64 sums in row chunks)."""
-    d = x.shape[2]
-    if not standardize:
-        return np.zeros(d, np.float32), np.ones(d, np.float32)
-    total, squares, count = np.zeros(d), np.zeros(d), 0
-    for start in range(0, len(x), _ROWS):
-        chunk = np.asarray(x[start : start + _ROWS], dtype=np.float64).reshape(-1, d)
-        total += chunk.sum(axis=0)
-        squares += np.einsum("nd,nd->d", chunk, chunk)
-        count += len(chunk)
-    mean = total / count
-    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
-    std = np.where(std > 1e-6 * max(float(np.abs(mean).max()), 1.0), std, 1.0)  # constant channels
-    return mean.astype(np.float32), std.astype(np.float32)
