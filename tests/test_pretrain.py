@@ -179,17 +179,3 @@ def test_ddp_two_processes_on_cpu(cube, tmp_path):
     for k in ss:
         torch.testing.assert_close(sd[k], ss[k], rtol=1e-4, atol=1e-5)
     assert not any(Path(tmp_path).glob(".tmp-*"))
-
-
-def test_patch_augmentations_are_the_eight_dihedral_transforms():
-    from napari_mtmsd.pretrain import _dihedral_indices
-
-    grid = np.arange(100).reshape(10, 10)
-    crop = grid[2:6, 3:7]
-    expected = [np.rot90(f, k) for f in (crop, crop.T) for k in range(4)]
-    got = []
-    for aug in range(8):
-        r, c = _dihedral_indices(np.array([2]), np.array([3]), np.array([aug]), 4)
-        got.append(grid[r[0], c[0]])
-    for e in expected:
-        assert sum(np.array_equal(e, g) for g in got) == 1
