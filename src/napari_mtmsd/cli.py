@@ -16,19 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._cli_args import build_parser
 from ._text import parse_ints
-from .config import (
-    FEATURE_FIELDS,
-    PRESETS,
-    ClassifierConfig,
-    PretrainConfig,
-    add_arguments,
-    from_arguments,
-)
+from .config import ClassifierConfig, PretrainConfig, from_arguments
 from .errors import InputError, MTMSDError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 def _run(gen: Any) -> Any:
@@ -110,46 +101,22 @@ def _spec(a: argparse.Namespace) -> Any:
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
-    from ._atomic import atomic_dir
-    from .features import iter_extract_pixels
+    from .export import iter_export
     from .io import load_input, read_labels
     from .model import DiffusionModel
-    from .pipeline import iter_features, labelled_pixels
 
     cube, _ = load_input(a.input, key=a.key)
     model = DiffusionModel.load(a.model)
-    spec = _spec(a)
-    out = Path(a.output)
-    with atomic_dir(out) as tmp:
-        if a.pixels == "all":
-            if spec.mode != "dense":
-                raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")
-            store = _run(iter_features(model, cube, spec, a.device, a.cache_dir))
-            centre, glob = store.centre, store.glob
-            layout = "(rows, cols, timesteps, channels)"
-        elif a.pixels.startswith("labelled:"):
-            gt = read_labels(a.pixels.split(":", 1)[1])
-            coords, y = labelled_pixels(gt.data)
-            centre, glob = _run(iter_extract_pixels(model, cube, coords, spec, a.device))
-            np.save(tmp / "coords.npy", coords)
-            np.save(tmp / "labels.npy", y)
-            layout = "(pixels, timesteps, channels); coords.npy gives (row, col) of each pixel"
-        else:
-            raise InputError(f"--pixels takes 'all' or 'labelled:GT_FILE', not {a.pixels!r}")
-        np.save(tmp / "centre.npy", centre)
-        np.save(tmp / "global.npy", glob)
-        sidecar = {
-            "layout": layout,
-            "shape": list(centre.shape),
-            "dtype": "float16",
-            "spec": spec.to_dict(),
-            "stage_channels": list(model.unet.stage_channels(spec.stages)),
-            "model": str(a.model),
-            "model_fingerprint": model.fingerprint(),
-            "input": a.input,
-        }
-        (tmp / "features.json").write_text(json.dumps(sidecar, indent=1))
-    print(f"features {tuple(centre.shape)} x 2 (centre, global) float16 -> {out}")
+    if a.pixels == "all":
+        labels = None
+    elif a.pixels.startswith("labelled:"):
+        labels = read_labels(a.pixels.split(":", 1)[1]).data
+    else:
+        raise InputError(f"--pixels takes 'all' or 'labelled:GT_FILE', not {a.pixels!r}")
+    about = {"model": str(a.model), "input": a.input}
+    job = iter_export(model, cube, _spec(a), a.output, labels, a.device, a.cache_dir, about)
+    shape = _run(job)
+    print(f"features {shape} x 2 (centre, global) float16 -> {a.output}")
     return 0
 
 
@@ -334,133 +301,23 @@ def _show_report(
 # --------------------------------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="napari-mtmsd",
-        description="Hyperspectral classification with multi-timestep multi-stage diffusion "
-        "features (MTMSD). INPUT is a file (ENVI .hdr, .mat, .npy, .tif) or sample:indian_pines "
-        "/ sample:synthetic.",
-    )
-    p.add_argument("--version", action="version", version=f"napari-mtmsd {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(
-        name: str, fn: Callable[[argparse.Namespace], int], help: str
-    ) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=fn)
-        return sp
-
-    def common(sp: argparse.ArgumentParser, key: bool = True, device: bool = True) -> None:
-        if key:
-            sp.add_argument("--key", help="variable name in a .mat file")
-        if device:
-            sp.add_argument("--device", default="auto", choices=DEVICES)
-
-    def features(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--timesteps", help=FEATURE_FIELDS["timesteps"])
-        sp.add_argument("--stages", help=FEATURE_FIELDS["stages"])
-        sp.add_argument("--noise-draws", type=int, help=FEATURE_FIELDS["noise_draws"])
-        sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
-
-    def classifier(sp: argparse.ArgumentParser) -> None:
-        add_arguments(sp, ClassifierConfig, ("k", "n_models", "epochs"))
-
-    sp = add(
-        "info", cmd_info, "describe a cube or label file: shape, bands, wavelengths, variables"
-    )
-    sp.add_argument("input")
-    sp.add_argument("--json", action="store_true", help="print JSON")
-    common(sp, device=False)
-
-    sp = add(
-        "pretrain", cmd_pretrain, "pretrain the diffusion model on a cube's unlabelled patches"
-    )
-    sp.add_argument("input")
-    sp.add_argument("-o", "--output", required=True, help="model directory")
-    add_arguments(sp, PretrainConfig)
-    sp.add_argument("--resume", action="store_true", help="continue the run saved in --output")
-    sp.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
-    common(sp)
-
-    sp = add(
-        "extract", cmd_extract, "compute diffusion features and save them with a JSON sidecar"
-    )
-    sp.add_argument("input")
-    sp.add_argument("--model", required=True, help="model directory from 'pretrain'")
-    sp.add_argument("-o", "--output", required=True, help="output directory")
-    sp.add_argument("--mode", default="dense", choices=("dense", "patch"))
-    sp.add_argument("--pixels", default="all", help="'all' or 'labelled:GT_FILE'")
-    features(sp)
-    common(sp)
-
-    sp = add("train", cmd_train, "train the MTMSD classifier on labelled pixels")
-    sp.add_argument("input")
-    sp.add_argument("--labels", required=True, help="training label map (0 = unlabelled)")
-    sp.add_argument("--labels-key", help="variable name in a .mat label file")
-    sp.add_argument("--model", required=True, help="model directory from 'pretrain'")
-    sp.add_argument("-o", "--output", required=True, help="classifier directory")
-    sp.add_argument("--seed", type=int, default=0)
-    features(sp)
-    classifier(sp)
-    common(sp)
-
-    sp = add("update", cmd_update, "continue a classifier on new labels, as the panel's Update")
-    sp.add_argument("input")
-    sp.add_argument("--classifier", required=True, help="classifier directory to continue")
-    sp.add_argument("--labels", required=True, help="the training labels now (0 = unlabelled)")
-    sp.add_argument("--labels-key", help="variable name in a .mat label file")
-    sp.add_argument("-o", "--output", required=True, help="the updated classifier's directory")
-    sp.add_argument("--map", help="also write the new class map here (.tif, .npy, .mat, .hdr)")
-    sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
-    add_arguments(sp, ClassifierConfig, ("update_epochs", "n_models", "epochs"))
-    common(sp)
-
-    sp = add("predict", cmd_predict, "classify whole cubes with a trained classifier")
-    sp.add_argument("inputs", nargs="+", metavar="INPUT")
-    sp.add_argument("--classifier", required=True, help="classifier directory from 'train'")
-    sp.add_argument("-o", "--output", required=True, help="output directory")
-    sp.add_argument("--format", default="tif", choices=("tif", "npy", "mat", "hdr"))
-    sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
-    common(sp)
-
-    sp = add("evaluate", cmd_evaluate, "run the whole method and score it on test pixels")
-    sp.add_argument("input")
-    sp.add_argument("--ground-truth", help="label map (sample: inputs bring their own)")
-    sp.add_argument(
-        "--split", default="random:0.1", help="random:F | per-class:N | blocks:K | mask:TRAIN,TEST"
-    )
-    sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
-    sp.add_argument("--model", help="model directory (default: pretrain one with --preset)")
-    sp.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-    sp.add_argument("--steps", type=int, help="pretraining steps when no --model")
-    sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
-    sp.add_argument("--baselines", default="linear,svm,rf", help="comma list, '' for none")
-    sp.add_argument("--json", help="write the report here")
-    sp.add_argument("--png", help="write class map and confusion matrix PNGs here")
-    features(sp)
-    classifier(sp)
-    common(sp)
-
-    sp = add("cache", cmd_cache, "show the feature cache's entries and disk use; --clear frees it")
-    sp.add_argument("--cache-dir", help="cache directory (default ~/.cache/napari-mtmsd)")
-    sp.add_argument("--clear", action="store_true", help="remove every entry")
-
-    sp = add("demo", cmd_demo, "the main job: MTMSD on the embedded Indian Pines scene")
-    sp.add_argument("-o", "--output", default="mtmsd-demo", help="output directory")
-    sp.add_argument("--split", default="random:0.1")
-    sp.add_argument("--seed", type=int, default=827, help="seed of the split and the classifier")
-    sp.add_argument("--preset", default="cpu", choices=tuple(PRESETS))
-    sp.add_argument("--steps", type=int, help="pretraining steps (default: the preset's)")
-    sp.add_argument("--pretrain-seed", type=int, default=0, help="seed of the pretraining")
-    common(sp, key=False)
-    return p
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "info": cmd_info,
+    "pretrain": cmd_pretrain,
+    "extract": cmd_extract,
+    "train": cmd_train,
+    "update": cmd_update,
+    "predict": cmd_predict,
+    "evaluate": cmd_evaluate,
+    "cache": cmd_cache,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return COMMANDS[args.command](args)
     except MTMSDError as e:
         print(f"napari-mtmsd {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -86,6 +86,25 @@ class DataSection(QWidget):
         self.split_info = QLabel("")
         self.split_info.setWordWrap(True)
 
+        self._layout()
+
+        self.cube_combo.currentTextChanged.connect(self._cube_changed)
+        self.band_axis.currentIndexChanged.connect(self._axis_changed)
+        self.add_btn.clicked.connect(lambda: self.add_class())
+        self.remove_btn.clicked.connect(self.remove_last_class)
+        self.new_btn.clicked.connect(self.new_training_labels)
+        self.load_btn.clicked.connect(lambda: self.load_labels())
+        self.save_btn.clicked.connect(lambda: self.save_labels())
+        self.split_btn.clicked.connect(self.split_from_ground_truth)
+        self.table.itemChanged.connect(self._item_changed)
+        self.table.cellDoubleClicked.connect(self._cell_double_clicked)
+        self.labels_combo.currentTextChanged.connect(self._labels_changed)
+        session.ws.events.classes.connect(self._classes_changed)
+        self._watched: Any | None = None
+        self._cube_changed()
+        self._labels_changed()
+
+    def _layout(self) -> None:
         form = QFormLayout()
         form.addRow("cube", self.cube_combo)
         form.addRow("band axis", self.band_axis)
@@ -113,22 +132,6 @@ class DataSection(QWidget):
         layout.addLayout(split)
         layout.addWidget(self.split_btn)
         layout.addWidget(self.split_info)
-
-        self.cube_combo.currentTextChanged.connect(self._cube_changed)
-        self.band_axis.currentIndexChanged.connect(self._axis_changed)
-        self.add_btn.clicked.connect(lambda: self.add_class())
-        self.remove_btn.clicked.connect(self.remove_last_class)
-        self.new_btn.clicked.connect(self.new_training_labels)
-        self.load_btn.clicked.connect(lambda: self.load_labels())
-        self.save_btn.clicked.connect(lambda: self.save_labels())
-        self.split_btn.clicked.connect(self.split_from_ground_truth)
-        self.table.itemChanged.connect(self._item_changed)
-        self.table.cellDoubleClicked.connect(self._cell_double_clicked)
-        self.labels_combo.currentTextChanged.connect(self._labels_changed)
-        session.ws.events.classes.connect(self._classes_changed)
-        self._watched: Any | None = None
-        self._cube_changed()
-        self._labels_changed()
 
     # cube ----------------------------------------------------------------------------------
     def _cube_changed(self, *_: Any) -> None:

@@ -1,0 +1,66 @@
+"""Diffusion features written for other tools: ``centre.npy`` and ``global.npy`` (float16), with
+``coords.npy`` and ``labels.npy`` for labelled pixels, and a ``features.json`` sidecar that says
+what they are (layout, spec, the channels of each stage, the model's fingerprint)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._atomic import atomic_dir
+from ._progress import Progress
+from .errors import InputError
+from .features import FeatureSpec
+from .pipeline import iter_features, labelled_pixels
+
+if TYPE_CHECKING:
+    from .io import Cube
+    from .model import DiffusionModel
+
+
+def iter_export(
+    model: DiffusionModel,
+    cube: Cube,
+    spec: FeatureSpec,
+    out: str | Path,
+    labels: np.ndarray | None = None,
+    device: str = "auto",
+    cache_dir: str | Path | None = None,
+    about: dict[str, Any] | None = None,
+) -> Generator[Progress, None, tuple[int, ...]]:
+    """Every pixel's features (dense, through the cache), or with ``labels`` (H, W) those of its
+    labelled pixels, into the directory ``out`` (atomically); returns their shape. ``about``
+    joins the sidecar (where the model and the input came from)."""
+    from .features import iter_extract_pixels
+
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        if labels is None:
+            if spec.mode != "dense":
+                raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")
+            store = yield from iter_features(model, cube, spec, device, cache_dir)
+            centre, glob = store.centre, store.glob
+            layout = "(rows, cols, timesteps, channels)"
+        else:
+            coords, y = labelled_pixels(labels)
+            centre, glob = yield from iter_extract_pixels(model, cube, coords, spec, device)
+            np.save(tmp / "coords.npy", coords)
+            np.save(tmp / "labels.npy", y)
+            layout = "(pixels, timesteps, channels); coords.npy gives (row, col) of each pixel"
+        np.save(tmp / "centre.npy", centre)
+        np.save(tmp / "global.npy", glob)
+        sidecar = {
+            "layout": layout,
+            "shape": list(centre.shape),
+            "dtype": "float16",
+            "spec": spec.to_dict(),
+            "stage_channels": list(model.unet.stage_channels(spec.stages)),
+            **(about or {}),
+            "model_fingerprint": model.fingerprint(),
+        }
+        (tmp / "features.json").write_text(json.dumps(sidecar, indent=1))
+    return tuple(centre.shape)
