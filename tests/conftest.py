@@ -140,3 +140,39 @@ def kernel_writes():
             return out
 
     return KernelLog
+
+
+# The docked panel (tests/test_qt_*.py): a viewer with the synthetic scene's cube and ground truth
+# (scaled and shifted, so output layers must follow), and the error notifications it shows.
+
+
+@pytest.fixture
+def errors(monkeypatch):
+    """Every error notification the widgets show, captured instead of displayed."""
+    shown: list[str] = []
+    for module in ("napari.utils.notifications",):
+        monkeypatch.setattr(f"{module}.show_error", lambda text: shown.append(str(text)))
+    return shown
+
+
+@pytest.fixture
+def scene():
+    from napari_mtmsd.samples import synthetic_scene
+
+    return synthetic_scene(height=32, width=32, bands=12, n_classes=3, noise=0.01, seed=3)
+
+
+@pytest.fixture
+def widget(make_napari_viewer, scene, errors):
+    from napari_mtmsd._qt import MTMSDWidget
+    from napari_mtmsd._reader import cube_layers, labels_layer
+
+    viewer = make_napari_viewer()
+    cube, gt = scene
+    for data, kwargs, kind in [*cube_layers(cube, preview=False), labels_layer(gt)]:
+        layer = getattr(viewer, f"add_{kind}")(data, **kwargs)
+        layer.scale = (1.0, 2.0, 2.0) if kind == "image" else (2.0, 2.0)
+        layer.translate = (0.0, 10.0, -4.0) if kind == "image" else (10.0, -4.0)
+    w = MTMSDWidget(viewer)
+    viewer.window.add_dock_widget(w, name="MTMSD")
+    return w

@@ -64,9 +64,7 @@ def test_functions_and_modules_are_short():
     for path in _modules().values():
         text = path.read_text()
         rel = path.relative_to(PACKAGE)
-        if str(rel) in OVER_LIMIT:
-            continue
-        if len(text.splitlines()) > MAX_MODULE_LINES:
+        if len(text.splitlines()) > MAX_MODULE_LINES and str(rel) not in OVER_LIMIT:
             long.append(f"{rel}: {len(text.splitlines())} lines")
         for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
