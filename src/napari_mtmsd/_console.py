@@ -30,7 +30,7 @@ class TqdmBars:
         if stage != self.stage or self.bar is None:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total or None, desc=f"{self.desc}: {stage}", leave=False)
+            self.bar = tqdm(total=total or None, desc=f"{self.desc}: {stage}")
         if total and self.bar.total != total:
             self.bar.total = total
         step = int(record.get("step", 0))
