@@ -14,7 +14,7 @@ def test_round_trip_and_every_defect_named(tmp_path):
     assert read_json(path, 3, "a thing") == {"format_version": 3, "a": 1}
     with pytest.raises(ModelFileError, match=r"format 3 .*reads format version 4: redo it"):
         read_json(path, 4, "a thing", "redo it")
-    with pytest.raises(ModelFileError, match="no other.json .*not a thing"):
+    with pytest.raises(ModelFileError, match=r"no other\.json .*not a thing"):
         read_json(tmp_path / "other.json", 3, "a thing")
     path.write_text("[1, 2]")
     with pytest.raises(ModelFileError, match="JSON object"):
