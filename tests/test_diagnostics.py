@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_mtmsd._progress import run
-from napari_mtmsd.diagnostics import iter_attention, iter_pca_rgb
+from napari_mtmsd.diagnostics import iter_attention, iter_class_attention, iter_pca_rgb
 
 
 def test_pca_rgb_shows_the_structure_of_each_timestep():
@@ -47,3 +47,27 @@ def test_attention_is_averaged_per_class():
     classes, weights = run(iter_attention(_Attention(), centre, glob, y))
     assert classes.tolist() == [1, 2, 3]
     np.testing.assert_allclose(weights, [[1, 0], [0, 1], [0.5, 0.5]])
+
+
+class _Store:
+    """A feature source of a 2 x 4 scene whose pixel i has features equal to i."""
+
+    def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = (coords[:, 0] * 4 + coords[:, 1]).astype(np.float16)
+        x = np.broadcast_to(flat[:, None, None], (len(coords), 2, 3)).copy()
+        return x, x
+
+
+class _ByFeature:
+    """Attention on timestep 0 for even features, 1 for odd ones."""
+
+    def timestep_attention(self, centre: np.ndarray, glob: np.ndarray) -> np.ndarray:
+        odd = centre[:, 0, 0].astype(int) % 2
+        return np.stack([1 - odd, odd], axis=1).astype(np.float32)
+
+
+def test_attention_on_the_labelled_pixels():
+    labels = np.array([[1, 0, 1, 0], [0, 2, 0, 2]])  # class 1 at pixels 0, 2; class 2 at 5, 7
+    classes, weights = run(iter_class_attention(_ByFeature(), _Store(), labels))
+    assert classes.tolist() == [1, 2]
+    np.testing.assert_allclose(weights, [[1, 0], [0, 1]])

@@ -204,7 +204,7 @@ def cmd_update(a: argparse.Namespace) -> int:
     ws.set_labels(labels.data)
     job = ws.update_job()
     if job.note:
-        print(f"{job.name}: a new classifier, since {job.note}")
+        print(job.note)
     prediction = job.commit(_run(job.steps))
     bundle = ws.save_classifier(a.output)
     clf = ws.bundle.classifier

@@ -58,3 +58,15 @@ def iter_attention(
     yield {"stage": "attention", "step": 1, "total": 1}
     classes = np.unique(y)
     return classes, np.stack([weights[y == c].mean(axis=0) for c in classes])
+
+
+def iter_class_attention(
+    classifier: Any, store: Any, labels: np.ndarray
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """:func:`iter_attention` on the labelled pixels of ``labels`` (H, W), their features read
+    from ``store`` (a whole-scene feature source) in the job."""
+    from .pipeline import labelled_pixels
+
+    coords, y = labelled_pixels(labels)
+    centre, glob = store.pixels(coords)
+    return (yield from iter_attention(classifier, centre, glob, y))

@@ -56,7 +56,8 @@ class WorkspaceEvents(SignalGroup):
 @dataclasses.dataclass
 class Job:
     """A long step: ``steps`` computes (any thread), ``commit(result)`` applies it (caller's
-    thread). ``note`` says why the job is not the one asked for (an Update that trains afresh)."""
+    thread). ``note`` tells the user why the job is not the one asked for (an Update that
+    trains afresh)."""
 
     name: str
     steps: Generator[Progress, None, Any]
@@ -304,7 +305,7 @@ class Workspace:
         self._ready()
         labels = self._training_labels()
         plan = self.update_plan(labels)
-        note = None if self.bundle is None else plan.reason
+        note = None if self.bundle is None else f"Update trains a new classifier: {plan.reason}"
         return self._fit_job(plan.name, plan, note)
 
     def _training_labels(self) -> np.ndarray:

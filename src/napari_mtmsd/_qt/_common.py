@@ -190,7 +190,7 @@ class Session(QObject):
         if job.note:
             from napari.utils.notifications import show_info
 
-            show_info(f"{job.name} trains a new classifier: {job.note}")
+            show_info(job.note)
 
         def commit(result: Any) -> None:
             value = job.commit(result)

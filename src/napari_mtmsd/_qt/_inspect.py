@@ -128,14 +128,12 @@ class InspectSection(QWidget):
 
     def show_attention(self) -> None:
         """Mean learned attention over timesteps for each class, on its training pixels."""
-        from napari_mtmsd.pipeline import labelled_pixels
+        from napari_mtmsd.diagnostics import iter_class_attention
 
         store, bundle = self._store(), self.session.bundle
         labels = self.session.train_labels_used
         if store is None or bundle is None or labels is None:
             return
-        coords, y = labelled_pixels(labels)
-        centre, glob = store.pixels(coords)
         timesteps = store.spec.timesteps
         names = list(bundle.class_names or self.session.class_names)
         colors = bundle.colors if bundle.colors is not None else self.session.colors
@@ -158,11 +156,8 @@ class InspectSection(QWidget):
             self.attention.setVisible(True)
             self.attention.draw_idle()
 
-        from napari_mtmsd.diagnostics import iter_attention
-
-        self.session.runner.start(
-            "Timestep attention", iter_attention(bundle.classifier, centre, glob, y), on_done
-        )
+        job = iter_class_attention(bundle.classifier, store, labels)
+        self.session.runner.start("Timestep attention", job, on_done)
 
     # spectrum under the cursor -------------------------------------------------------------
     def _toggle_spectrum(self, on: bool) -> None:
