@@ -33,6 +33,7 @@ from ._progress import Progress
 from .config import ClassifierConfig, PretrainConfig
 from .errors import InputError
 from .features import FeatureSpec
+from .update import FitInputs, Fitted, Prediction, UpdatePlan, iter_fit_and_map, plan_update
 
 if TYPE_CHECKING:
     from .bundle import ClassifierBundle
@@ -66,49 +67,6 @@ class Job:
 
     def run(self, progress: bool = True) -> Any:
         return self.commit(run_with_bar(self.steps, self.name, progress))
-
-
-@dataclasses.dataclass
-class Prediction:
-    """A class map (H, W) int32 (0 = invalid pixel) and its confidence (H, W) float32."""
-
-    class_map: np.ndarray
-    confidence: np.ndarray
-
-
-@dataclasses.dataclass
-class UpdatePlan:
-    """What an Update does: continue ``warm_start`` for ``epochs``, or train afresh (``reason``
-    says why when there is a classifier it cannot continue)."""
-
-    warm_start: ClassifierBundle | None
-    classifier: dict[str, Any]
-    reason: str | None
-
-    @property
-    def name(self) -> str:
-        return "Update" if self.warm_start is not None else "Update (full training)"
-
-
-@dataclasses.dataclass(frozen=True)
-class _Inputs:
-    model: DiffusionModel
-    cube: Cube
-    spec: FeatureSpec
-    key: tuple | None
-    class_names: list[str]
-    colors: np.ndarray
-    device: str
-    cache_dir: str | Path | None
-
-
-@dataclasses.dataclass
-class _Fitted:
-    store: Any
-    reuse: dict
-    bundle: ClassifierBundle
-    labels: np.ndarray
-    prediction: Prediction
 
 
 class Workspace:
@@ -278,21 +236,9 @@ class Workspace:
 
     # training and the Update policy ----------------------------------------------------------
     def update_plan(self, labels: np.ndarray) -> UpdatePlan:
-        """The Update policy: continue the current classifier for ``update_epochs`` when it was
-        trained on this model and spec and knows exactly the classes of ``labels``; otherwise
-        a full training with the configured ensemble and epochs."""
-        from .pipeline import warm_start_mismatch
-
+        """What an Update on ``labels`` does now (``update.plan_update``)."""
         model, _, spec = self._ready()
-        bundle = self.bundle
-        reason = (
-            "no classifier yet"
-            if bundle is None
-            else warm_start_mismatch(bundle, model, spec, labels)
-        )
-        if reason is None:
-            return UpdatePlan(bundle, {"epochs": self.classifier_config.update_epochs}, None)
-        return UpdatePlan(None, self.classifier_config.classifier_kwargs(), reason)
+        return plan_update(self.bundle, model, spec, labels, self.classifier_config)
 
     def train_job(self) -> Job:
         """A full training on the training labels, then the class map of the cube."""
@@ -314,12 +260,13 @@ class Workspace:
         return self.labels
 
     def _fit_job(self, name: str, plan: UpdatePlan, note: str | None = None) -> Job:
+        """The Update's steps (``update.iter_fit_and_map``) on what the workspace holds now."""
         inputs = self._inputs()
         labels = self._training_labels().copy()
         store = self.features
         reuse = self._reuse if store is not None else {}
 
-        def commit(fitted: _Fitted) -> Prediction:
+        def commit(fitted: Fitted) -> Prediction:
             self._store, self._store_key, self._reuse = fitted.store, inputs.key, fitted.reuse
             self.bundle, self.train_labels_used = fitted.bundle, fitted.labels
             self.prediction = fitted.prediction
@@ -330,10 +277,10 @@ class Workspace:
 
         return Job(name, iter_fit_and_map(inputs, plan, labels, store, reuse), commit, note)
 
-    def _inputs(self) -> _Inputs:
+    def _inputs(self) -> FitInputs:
         """What a training job reads, taken when it is made (it may run later, elsewhere)."""
         model, cube, spec = self._ready()
-        return _Inputs(
+        return FitInputs(
             model, cube, spec, self.feature_key, list(self.class_names), self.colors.copy(),
             self.device, self.cache_dir,
         )  # fmt: skip
@@ -420,25 +367,6 @@ class Workspace:
     @property
     def confidence(self) -> np.ndarray | None:
         return None if self.prediction is None else self.prediction.confidence
-
-
-def iter_fit_and_map(
-    inputs: _Inputs, plan: UpdatePlan, labels: np.ndarray, store: Any, reuse: dict
-) -> Generator[Progress, None, _Fitted]:
-    """Features (``store``, else from the cache), training as ``plan`` says, the class map: the
-    body of Train and of Update, and the place for further steps on the map (post-processing,
-    suggestions of where to paint) before it is shown."""
-    from .pipeline import iter_features, iter_predict, iter_train
-
-    model, cube, spec, device = inputs.model, inputs.cube, inputs.spec, inputs.device
-    if store is None:
-        store = yield from iter_features(model, cube, spec, device, inputs.cache_dir)
-    bundle = yield from iter_train(
-        model, cube, labels, spec, class_names=inputs.class_names, colors=inputs.colors,
-        device=device, store=store, warm_start=plan.warm_start, **plan.classifier,
-    )  # fmt: skip
-    class_map, confidence = yield from iter_predict(bundle, cube, device, store=store, reuse=reuse)
-    return _Fitted(store, reuse, bundle, labels, Prediction(class_map, confidence))
 
 
 def _palette(n_classes: int) -> np.ndarray:
