@@ -120,11 +120,11 @@ class Workspace:
         self.events.cube.emit()
         self.events.features.emit()
 
-    def set_model(self, model: DiffusionModel | None) -> None:
-        """A new model; the stages of the spec that it lacks are dropped (all gone: its first
-        four decoder blocks)."""
+    def set_model(self, model: DiffusionModel | None, fingerprint: str | None = None) -> None:
+        """A new model (``fingerprint``: its ``fingerprint()`` when already known); the stages of
+        the spec that it lacks are dropped (all gone: its first four decoder blocks)."""
         self.model = model
-        self._fingerprint = None if model is None else model.fingerprint()
+        self._fingerprint = fingerprint or (None if model is None else model.fingerprint())
         self._drop_features()
         if model is not None:
             n_blocks = len(model.unet.output_blocks)
@@ -226,13 +226,19 @@ class Workspace:
         if self.cube is None:
             raise InputError("no cube: give the workspace a cube to pretrain on")
         config = dataclasses.replace(config or PretrainConfig(), **settings)
-        steps = iter_pretrain(self.cube, device=self.device, **config.pretrain_kwargs())
+        cube, device = self.cube, self.device
 
-        def commit(model: DiffusionModel) -> DiffusionModel:
-            self.set_model(model)
-            return model
+        def steps() -> Generator[Progress, None, tuple[DiffusionModel, str]]:
+            model = yield from iter_pretrain(cube, device=device, **config.pretrain_kwargs())
+            # hashed here, in the job's thread: the new weights are channels-last, and making
+            # them contiguous can start torch's thread team in the caller's (napari's main)
+            return model, model.fingerprint()
 
-        return Job("Pretrain", steps, commit)
+        def commit(result: tuple[DiffusionModel, str]) -> DiffusionModel:
+            self.set_model(*result)
+            return result[0]
+
+        return Job("Pretrain", steps(), commit)
 
     # training and the Update policy ----------------------------------------------------------
     def update_plan(self, labels: np.ndarray) -> UpdatePlan:
