@@ -39,6 +39,17 @@ def test_one_table_of_presets():
     assert PretrainConfig().preset in PRESETS
 
 
+def test_feature_help_states_the_spec_defaults():
+    from napari_mtmsd._text import format_ints
+    from napari_mtmsd.config import FEATURE_FIELDS
+    from napari_mtmsd.features import FeatureSpec
+
+    spec = FeatureSpec()
+    assert f"'{format_ints(spec.timesteps)}' (default" in FEATURE_FIELDS["timesteps"]
+    assert f"'{format_ints(spec.stages)}' (default" in FEATURE_FIELDS["stages"]
+    assert f"(default {spec.noise_draws};" in FEATURE_FIELDS["noise_draws"]
+
+
 def test_flags_from_a_config_keep_its_defaults():
     parser = argparse.ArgumentParser()
     add_arguments(parser, PretrainConfig)

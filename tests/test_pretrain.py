@@ -179,3 +179,11 @@ def test_ddp_two_processes_on_cpu(cube, tmp_path):
     for k in ss:
         torch.testing.assert_close(sd[k], ss[k], rtol=1e-4, atol=1e-5)
     assert not any(Path(tmp_path).glob(".tmp-*"))
+
+
+def test_a_bar_from_python_unless_silenced(cube, capsys):
+    pretrain(cube, preset="tiny", steps=3, device="cpu")
+    err = capsys.readouterr().err
+    assert "Pretrain: pretrain" in err and "3/3" in err and "loss=" in err
+    pretrain(cube, preset="tiny", steps=3, device="cpu", progress=False)
+    assert capsys.readouterr().err == ""

@@ -9,7 +9,7 @@ import time
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from ._progress import Progress, run
+from ._progress import Callback, Progress, run
 from ._text import eta_text
 
 R = TypeVar("R")
@@ -45,10 +45,16 @@ class TqdmBars:
             self.bar = None
 
 
-def run_with_bar(gen: Generator[Progress, None, R], desc: str, progress: bool = True) -> R:
-    """Drive a progress generator to its end; ``progress=False`` shows nothing."""
-    if not progress:
-        return run(gen)
+def run_with_bar(
+    gen: Generator[Progress, None, R],
+    desc: str,
+    progress: bool = True,
+    callback: Callback | None = None,
+) -> R:
+    """Drive a progress generator to its end: with a bar, or with ``callback`` (which then shows
+    what it likes), or silently (``progress=False``)."""
+    if callback is not None or not progress:
+        return run(gen, callback)
     bars = TqdmBars(desc)
     try:
         return run(gen, bars)

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._progress import Progress, forward, run
+from ._console import run_with_bar
+from ._progress import Callback, Progress, forward
 from ._versioned import versions
 from .errors import InputError
 from .features import FeatureSpec
@@ -245,9 +246,12 @@ def _iter_baselines(
     return out
 
 
-def evaluate(*args: Any, callback: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Plain-function form of :func:`iter_evaluate`."""
-    return run(iter_evaluate(*args, **kwargs), callback)
+def evaluate(
+    *args: Any, callback: Callback | None = None, progress: bool = True, **kwargs: Any
+) -> dict[str, Any]:
+    """Plain-function form of :func:`iter_evaluate`: a tqdm bar per stage unless
+    ``progress=False`` or a ``callback`` sees the records."""
+    return run_with_bar(iter_evaluate(*args, **kwargs), "Evaluate", progress, callback)
 
 
 # the report ---------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from ._progress import Progress, forward, run
+from ._console import run_with_bar
+from ._progress import Callback, Progress, forward
 from ._versioned import versions
 from .bundle import ClassifierBundle
 from .errors import InputError
@@ -267,11 +268,16 @@ def _predict_chunks(
         yield idx, clf.predict_purified(x, gp)
 
 
-def train(*args: Any, callback: Any = None, **kwargs: Any) -> ClassifierBundle:
-    """Plain-function form of :func:`iter_train`."""
-    return run(iter_train(*args, **kwargs), callback)
+def train(
+    *args: Any, callback: Callback | None = None, progress: bool = True, **kwargs: Any
+) -> ClassifierBundle:
+    """Plain-function form of :func:`iter_train`: a tqdm bar unless ``progress=False`` or a
+    ``callback`` sees the records."""
+    return run_with_bar(iter_train(*args, **kwargs), "Train", progress, callback)
 
 
-def predict(*args: Any, callback: Any = None, **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Plain-function form of :func:`iter_predict`."""
-    return run(iter_predict(*args, **kwargs), callback)
+def predict(
+    *args: Any, callback: Callback | None = None, progress: bool = True, **kwargs: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """Plain-function form of :func:`iter_predict` (progress as :func:`train`)."""
+    return run_with_bar(iter_predict(*args, **kwargs), "Predict", progress, callback)

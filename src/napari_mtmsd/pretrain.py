@@ -27,8 +27,9 @@ from typing import Any
 
 import torch
 
-from . import _progress
+from ._console import run_with_bar
 from ._pretrain_loop import Dist, PretrainLoop, Run
+from ._progress import Callback
 from .config import PRESETS as PRESET_TABLE
 from .device import cpu_threads, resolve_device
 from .errors import InputError, ModelFileError
@@ -222,15 +223,17 @@ def pretrain(
     batch_size: int | None = None,
     device: str = "auto",
     seed: int = 0,
-    callback: _progress.Callback | None = None,
+    callback: Callback | None = None,
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     compile: bool = False,
+    progress: bool = True,
     **kwargs: Any,
 ) -> DiffusionModel:
-    """Pretrain and return the model; ``callback`` sees each progress record (see
-    ``iter_pretrain`` for the other arguments)."""
-    return _progress.run(
+    """Pretrain and return the model (see ``iter_pretrain`` for the arguments); a tqdm bar
+    shows the steps, loss and time left unless ``progress=False`` or ``callback`` sees each
+    progress record instead."""
+    return run_with_bar(
         iter_pretrain(
             cube,
             preset=preset,
@@ -243,5 +246,7 @@ def pretrain(
             compile=compile,
             **kwargs,
         ),
+        "Pretrain",
+        progress,
         callback,
     )
