@@ -44,7 +44,7 @@ def test_whole_loop_headless(small_scene, tmp_path, capsys):
     assert ws.class_names == list(gt.class_names)
     assert ws.update_plan(first).reason == "no classifier yet"
     job = ws.update_job()
-    assert job.name == "Update (full training)" and job.note is None
+    assert job.name == "Update (full training)" and job.note.endswith("no classifier yet")
     prediction = job.run(progress=False)
     assert ws.class_map is prediction.class_map and ws.class_map.shape == gt.data.shape
     assert ws.features is not None and {"classifier", "prediction"} <= set(seen)

@@ -253,11 +253,11 @@ class Workspace:
 
     def update_job(self) -> Job:
         """Train as :meth:`update_plan` decides, then the class map; ``Job.note`` says why it
-        trains afresh when a classifier exists."""
+        trains afresh."""
         self._ready()
         labels = self._training_labels()
         plan = self.update_plan(labels)
-        note = None if self.bundle is None else f"Update trains a new classifier: {plan.reason}"
+        note = None if plan.reason is None else f"Update trains a new classifier: {plan.reason}"
         return self._fit_job(plan.name, plan, note)
 
     def _training_labels(self) -> np.ndarray:
