@@ -1,4 +1,5 @@
-"""Small Qt pieces shared by the sections: layer pickers, a loss sparkline, the session state."""
+"""Small Qt pieces shared by the sections: layer pickers, spin boxes from settings, a loss
+sparkline, and the session (the panel's link to its Workspace)."""
 
 from __future__ import annotations
 
@@ -17,13 +18,6 @@ if TYPE_CHECKING:
     import napari
 
     from napari_mtmsd.io import Cube
-
-
-def default_colors(n_classes: int) -> np.ndarray:
-    """(K + 1, 3) uint8, row 0 the background: the palette of the label files the core writes."""
-    from napari_mtmsd.io import default_colors as palette
-
-    return palette(n_classes)
 
 
 def is_labels(layer: Any) -> bool:
