@@ -76,6 +76,9 @@ def test_whole_loop_headless(small_scene, tmp_path, capsys):
 
     # a saved classifier comes back with its model and spec; it predicts another cube
     ws.save_classifier(tmp_path / "clf")
+    ws.save_model(tmp_path / "model")
+    reloaded = Workspace(cube, device="cpu", cache_dir=tmp_path)
+    assert reloaded.load_model(tmp_path / "model").fingerprint() == ws.model.fingerprint()
     other = Workspace(device="cpu", cache_dir=tmp_path)
     other.load_classifier(tmp_path / "clf")
     assert other.spec == SPEC and other.model.fingerprint() == ws.model.fingerprint()
@@ -103,6 +106,8 @@ def test_feature_key_follows_model_cube_and_parsed_spec(small_scene, tiny_model,
 def test_errors_name_what_is_missing(small_scene, tiny_model):
     cube, gt = small_scene
     ws = Workspace(cube)
+    with pytest.raises(InputError, match="no diffusion model to save"):
+        ws.save_model("unused")
     with pytest.raises(InputError, match="no diffusion model"):
         ws.update_job()
     ws.set_model(tiny_model)

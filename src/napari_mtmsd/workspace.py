@@ -307,6 +307,19 @@ class Workspace:
             raise InputError("no classifier: train or load one first")
         return self.bundle
 
+    def load_model(self, path: str | Path) -> DiffusionModel:
+        """A saved diffusion model becomes the current one."""
+        from .model import DiffusionModel
+
+        model = DiffusionModel.load(path)
+        self.set_model(model)
+        return model
+
+    def save_model(self, path: str | Path) -> Path:
+        if self.model is None:
+            raise InputError("no diffusion model to save: pretrain or load one first")
+        return self.model.save(path)
+
     def save_classifier(self, path: str | Path) -> Path:
         return self._bundle().save(path)
 

@@ -144,8 +144,6 @@ class ModelSection(QWidget):
 
     def load(self, path: str | Path | None = None) -> Any:
         """Load a saved diffusion model directory."""
-        from napari_mtmsd.model import DiffusionModel
-
         from ._data import _cause, _error
 
         if path is None:
@@ -153,12 +151,10 @@ class ModelSection(QWidget):
             if not path:
                 return None
         try:
-            model = DiffusionModel.load(path)
+            return self.session.ws.load_model(path)
         except Exception as exc:  # shown, with the cause
             _error(f"cannot load model from {path}: {_cause(exc)}")
             return None
-        self.session.ws.set_model(model)
-        return model
 
     def save(self, path: str | Path | None = None) -> Path | None:
         """Save the current model to a directory (written atomically by the core)."""
@@ -173,7 +169,7 @@ class ModelSection(QWidget):
             if not path:
                 return None
         try:
-            model.save(path)
+            self.session.ws.save_model(path)
         except Exception as exc:  # shown, with the cause
             _error(f"cannot save model to {path}: {_cause(exc)}")
             return None
