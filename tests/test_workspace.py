@@ -55,6 +55,9 @@ def test_whole_loop_headless(small_scene, tmp_path, capsys):
         ((gt.data > 0) & (first == 0)).sum()
     )
 
+    assert repr(ws).startswith("Workspace(cube 'synthetic' (40, 32, 30), model #")
+    assert "features cached" in repr(ws) and f"classifier on {int((first > 0).sum())} px" in repr(ws)
+
     # more labels of the same classes: the Update continues the classifier on cached features
     more = np.where(first > 0, first, _strokes(gt.data, 4, seed=1))
     ws.set_labels(more)

@@ -109,6 +109,20 @@ class Workspace:
         if model is not None:
             self.set_model(model)
 
+    def __repr__(self) -> str:
+        """One line of what is there, for a notebook or a log."""
+        parts = [
+            "no cube" if self.cube is None else f"cube {self.cube.name!r} {self.cube.shape}",
+            "no model" if self.model is None else f"model #{(self._fingerprint or '')[:8]}",
+            f"{len(self.class_names)} classes",
+            "features cached" if self.features is not None else "no features",
+        ]
+        if self.labels is not None:
+            parts.append(f"{int((self.labels > 0).sum())} labelled px")
+        if self.bundle is not None:
+            parts.append(f"classifier on {self.bundle.meta.get('n_train', '?')} px")
+        return f"Workspace({', '.join(parts)})"
+
     # state -------------------------------------------------------------------------------
     def set_cube(self, cube: Cube | np.ndarray | None) -> None:
         from .preprocess import as_cube
