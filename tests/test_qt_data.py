@@ -58,3 +58,19 @@ def test_split_from_ground_truth(widget, scene):
     assert "12 training" in d.split_info.text()
     d.split_spec.setText("nonsense:1")
     assert d.split_from_ground_truth() is None
+
+
+def test_the_workspace_follows_the_chosen_cube(widget):
+    w, viewer = widget, widget.viewer
+    ws, layer = w.session.ws, w.data.cube_combo.layer()
+    first = ws.cube
+    assert first is not None and first.shape == (32, 32, 12)
+    flipped = np.asarray(layer.data)[:, ::-1].copy()
+    layer.data = flipped  # new data in the same layer: the workspace's cube is that data
+    assert ws.cube is not first
+    np.testing.assert_array_equal(np.asarray(ws.cube.data), np.moveaxis(flipped, 0, -1))
+    assert w.data.cube_info.text() == "32 x 32 px, 12 bands, 400-2500 nm"
+    viewer.add_image(np.zeros((32, 20, 5), np.float32), name="plain")
+    w.data.cube_combo.setCurrentText("plain")
+    w.data.band_axis.setCurrentIndex(2)
+    assert ws.cube.shape == (32, 20, 5)

@@ -101,6 +101,7 @@ class DataSection(QWidget):
         self.labels_combo.currentTextChanged.connect(self._labels_changed)
         session.ws.events.classes.connect(self._classes_changed)
         self._watched: Any | None = None
+        self._cube_layer: Any | None = None
         self._cube_changed()
         self._labels_changed()
 
@@ -138,11 +139,24 @@ class DataSection(QWidget):
         from ._layers import guess_band_axis
 
         layer = self.cube_combo.layer()
+        if self._cube_layer is not None:
+            self._cube_layer.events.data.disconnect(self._cube_data_changed)
+        self._cube_layer = layer
         if layer is not None:
+            layer.events.data.connect(self._cube_data_changed)
             self.band_axis.blockSignals(True)
             self.band_axis.setCurrentIndex(guess_band_axis(layer))
             self.band_axis.blockSignals(False)
         self.session.band_axis = None if layer is None else self.band_axis.currentIndex()
+        self.session.sync_cube()
+        self._describe_cube()
+
+    def _cube_data_changed(self, *_: Any) -> None:
+        """New data in the cube layer: the reader's cube no longer describes it (its wavelengths
+        stay in the metadata), so the workspace gets a new cube and its features go."""
+        layer = self._cube_layer
+        if layer is not None and "cube" in (layer.metadata or {}):
+            layer.metadata = {k: v for k, v in layer.metadata.items() if k != "cube"}
         self.session.sync_cube()
         self._describe_cube()
 
