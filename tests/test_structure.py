@@ -34,8 +34,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}" if base else anchor
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names}
+            subs = {f"{base}.{alias.name}" for alias in node.names} & known
+            # ``from . import sibling`` imports the sibling, not the package's names
+            found |= subs if len(subs) == len(node.names) else {base, *subs}
     return {m for m in found if m in known and m != name}
 
 

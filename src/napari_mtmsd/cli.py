@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ._cli_args import build_parser
 from ._text import parse_ints
 from .config import ClassifierConfig, PretrainConfig, from_arguments
@@ -193,7 +191,7 @@ def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_update(a: argparse.Namespace) -> int:
     """The panel's Update from the command line: continue a saved classifier on new labels."""
-    from .io import load_input, read_labels, write_labels
+    from .io import LabelMap, load_input, read_labels, write_labels
     from .workspace import Workspace
 
     cube, _ = load_input(a.input, key=a.key)
@@ -212,7 +210,8 @@ def cmd_update(a: argparse.Namespace) -> int:
     epochs = max(clf.history_["epochs_run"])
     print(f"{how} on {ws.bundle.meta['n_train']} labelled pixels ({epochs} epochs) -> {bundle}")
     if a.map:
-        path = write_labels(a.map, prediction.class_map, ws.class_names, ws.colors)
+        class_map = LabelMap(prediction.class_map, name=cube.name, georef=cube.georef)
+        path = write_labels(a.map, class_map, ws.class_names, ws.colors)  # on the cube's grid
         print(f"class map -> {path}")
     return 0
 
