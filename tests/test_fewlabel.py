@@ -1,5 +1,5 @@
-"""The few-label head (fewlabel.py), the quick first map (quickmap.py), the scene embedding
-(embedding.py) and the suggestions (suggest.py), on small synthetic scenes."""
+"""The few-label head and the quick first map (fewlabel.py), the scene embedding (embedding.py)
+and the suggestions (suggest.py), on small synthetic scenes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from napari_mtmsd.embedding import FeatureEmbedding
-from napari_mtmsd.errors import InputError
-from napari_mtmsd.fewlabel import SpatialSVM
-from napari_mtmsd.quickmap import SpectralVectors, quick_map
+from napari_mtmsd.errors import InputError, ModelFileError
+from napari_mtmsd.fewlabel import SceneVectors, SpatialSVM, classify
 from napari_mtmsd.samples import synthetic_scene
 from napari_mtmsd.splits import make_split
 from napari_mtmsd.suggest import suggest, uncertainty
@@ -29,25 +28,24 @@ def test_quick_map_from_few_labels_beats_the_unsmoothed_svm(scene):
     cube, gt = scene
     train, test = make_split(gt, "per-class:3", seed=0)
     labels = np.where(train, gt, 0)
-    spectral = SpectralVectors.of(cube)
-    class_map, confidence, proba = quick_map(spectral, labels)
-    assert class_map.shape == gt.shape and class_map.dtype == np.int32
-    assert set(np.unique(class_map)) <= {1, 2, 3, 4}
+    spectral = SceneVectors.of_spectra(cube)
+    head, proba = classify(spectral, labels)
+    class_map = head.classes_[proba.argmax(-1)]
+    assert class_map.shape == gt.shape and set(np.unique(class_map)) <= {1, 2, 3, 4}
     np.testing.assert_allclose(proba.sum(-1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(confidence, proba.max(-1))
     # the spatial steps earn their place: the same SVM on the raw vectors does worse
     plain = SpatialSVM().fit(spectral.vectors, labels)
     raw = plain.predict_proba_rows(spectral.vectors.reshape(-1, spectral.vectors.shape[-1]))
     raw_map = plain.classes_[raw.argmax(-1)].reshape(gt.shape)
     assert _accuracy(class_map, gt, test) > _accuracy(raw_map, gt, test)
     assert _accuracy(class_map, gt, test) > 0.9
-    again = quick_map(SpectralVectors.of(cube), labels)[0]
-    np.testing.assert_array_equal(class_map, again)  # deterministic
+    again = classify(SceneVectors.of_spectra(cube), labels)[1]
+    np.testing.assert_array_equal(proba, again)  # deterministic
 
 
 def test_spatial_svm_round_trips_through_arrays(scene):
     cube, gt = scene
-    spectral = SpectralVectors.of(cube)
+    spectral = SceneVectors.of_spectra(cube)
     labels = np.where(make_split(gt, "per-class:5", seed=1)[0], gt, 0)
     head = SpatialSVM(c=5.0)
     smoothed = head.smooth(spectral.vectors, spectral.guide)
@@ -122,18 +120,70 @@ def test_uncertainty_and_suggestions():
     proba[22:26, 4:8] = [0.6, 0.4]  # a less unsure one
     u = uncertainty(proba)
     assert u[6, 21] == pytest.approx(1.0) and u[0, 0] == pytest.approx(0.0)
-    coords, scores = suggest(proba, n=2, spacing=5, radius=1)
+    coords, scores = suggest(u, n=2, spacing=5, radius=1)
     assert len(coords) == 2 and scores[0] >= scores[1]
     assert 5 <= coords[0][0] < 9 and 20 <= coords[0][1] < 24
     assert 22 <= coords[1][0] < 26 and 4 <= coords[1][1] < 8
     # a labelled pixel inside the unsure patch takes it off the list
     labels = np.zeros((30, 30), int)
     labels[6, 21] = 1
-    coords, _ = suggest(proba, labels, n=1, spacing=5, radius=1)
+    coords, _ = suggest(u, labels, n=1, spacing=5, radius=1)
     assert np.hypot(*(coords[0] - [6, 21])) >= 5
     # suggestions keep their distance from each other
-    coords, _ = suggest(proba, n=5, spacing=6, radius=1)
+    coords, _ = suggest(u, n=5, spacing=6, radius=1)
     d = np.hypot(*(coords[:, None] - coords[None]).transpose(2, 0, 1))
     assert d[np.triu_indices(len(coords), 1)].min() >= 6
     with pytest.raises(InputError):
-        suggest(proba, n=0)
+        suggest(u, n=0)
+    with pytest.raises(InputError, match="expected \\(H, W\\)"):
+        suggest(proba)
+
+
+def test_auto_method_follows_the_labels_per_class():
+    from napari_mtmsd.fewlabel import AUTO_MAX_PER_CLASS, resolve_method
+
+    few = np.zeros((20, 20), int)
+    few[0, :5], few[1, :5] = 1, 2
+    many = np.zeros((20, 20), int)
+    many[:4, :] = 1  # 80 pixels
+    many[4:8, :] = 2
+    assert resolve_method("auto", few) == "few-label"
+    assert resolve_method("auto", many) == "paper"
+    assert resolve_method("paper", few) == "paper"
+    assert resolve_method("few-label", many) == "few-label"
+    edge = np.zeros((20, 20), int)
+    edge.ravel()[:AUTO_MAX_PER_CLASS] = 1
+    edge.ravel()[200 : 200 + AUTO_MAX_PER_CLASS] = 2
+    assert resolve_method("auto", edge) == "paper"
+    with pytest.raises(InputError, match="expected 'auto'"):
+        resolve_method("fast", few)
+
+
+def test_few_label_classifier_on_diffusion_features(small_scene, tiny_model, tmp_path):
+    from napari_mtmsd._progress import run
+    from napari_mtmsd.fewlabel import FewLabelClassifier, FewLabelScene
+    from napari_mtmsd.pipeline import iter_features
+
+    cube, gt = small_scene
+    gt = np.asarray(gt.data)
+    store = run(iter_features(tiny_model, cube, device="cpu", cache_dir=tmp_path))
+    embedding = FeatureEmbedding.fit(store, n_components=8)
+    scene_vectors = SceneVectors.of_features(tiny_model, cube, store, embedding)
+    n_spec = tiny_model.preprocessor.n_components
+    assert scene_vectors.vectors.shape == (*gt.shape, n_spec + 8)
+    train, test = make_split(gt, "per-class:3", seed=0)
+    scene = FewLabelScene.of(store, embedding, scene_vectors)
+    assert scene.fits(store) and scene.fits(store, embedding)
+    assert not scene.fits(store, FeatureEmbedding.from_arrays(embedding.to_arrays()))
+    clf = scene.fit(np.where(train, gt, 0))
+    class_map, confidence = scene.predict(clf, cube.valid_mask())
+    assert class_map.dtype == np.int32 and confidence.dtype == np.float32
+    assert _accuracy(class_map, gt, test) > 0.6  # 4 classes, 3 labels each, a 30-step model
+    clf.save(tmp_path / "clf")
+    back = FewLabelClassifier.load(tmp_path / "clf")
+    again = FewLabelScene.of(store, back.embedding, SceneVectors.of_features(
+        tiny_model, cube, store, back.embedding))  # fmt: skip
+    np.testing.assert_array_equal(again.predict(back, cube.valid_mask())[0], class_map)
+    (tmp_path / "clf" / "arrays.safetensors").write_bytes(b"damaged")
+    with pytest.raises(ModelFileError, match="arrays.safetensors"):
+        FewLabelClassifier.load(tmp_path / "clf")

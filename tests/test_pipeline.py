@@ -10,7 +10,7 @@ from napari_mtmsd.features import FeatureSpec
 from napari_mtmsd.pipeline import predict, train
 
 SPEC = FeatureSpec(timesteps=(100, 400, 700), stages=(0, 1, 2), bf16=False)
-FAST = dict(n_models=2, epochs=15, k=16)
+FAST = dict(n_models=2, epochs=15, k=16, method="paper")  # the fusion heads' behaviour
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_predict_reuses_purified_features(bundle, small_scene, tiny_model, monke
     # an Update continues the training with the same purification: the store is not read again
     labels = np.where(np.random.default_rng(1).random(gt.data.shape) < 0.2, gt.data, 0)
     cont = train(tiny_model, cube, labels, SPEC, device="cpu", store=store, warm_start=b,
-                 epochs=2)  # fmt: skip
+                 epochs=2, method="paper")  # fmt: skip
     with monkeypatch.context() as m:
         m.setattr(type(store), "chunks", lambda *a: pytest.fail("the store was read again"))
         again = predict(cont, cube, device="cpu", store=store, reuse=reuse)

@@ -36,6 +36,7 @@ def test_whole_workflow(widget, scene, qtbot, tmp_path, monkeypatch, errors):
 
     # the tiny U-Net has fewer decoder blocks: stages were trimmed to existing ones
     w.classify.timesteps.setText("100, 400, 700")
+    w.classify.method.setCurrentText("paper")  # the fusion heads' Update (warm start)
     w.classify.n_models.setValue(2)
     w.classify.epochs.setValue(5)
     w.classify.extract()

@@ -26,7 +26,9 @@ def test_python_example_runs(tmp_path, monkeypatch, capsys):
     namespace = {"OUT": tmp_path / "my-classifier"}
     exec(compile(code, str(README), "exec"), namespace)
     ws = namespace["ws"]
-    assert ws.bundle.classifier.history_["warm_start"]  # the second update continued the first
-    assert 0 <= float(capsys.readouterr().out.strip().splitlines()[-1]) <= 100
+    assert ws.bundle.method == "few-label"  # 5-15 labels per class: the few-label head
+    assert ws.prediction.method == "few-label" and ws.prediction.suggestions.shape[1] == 2
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("[[") and 0 <= float(out[-1]) <= 100
     assert namespace["class_map"].shape == (32, 32)
     assert (tmp_path / "my-classifier" / "bundle.json").is_file()

@@ -28,7 +28,7 @@ def _strokes(gt: np.ndarray, per_class: int, seed: int) -> np.ndarray:
 def test_whole_loop_headless(small_scene, tmp_path, capsys):
     cube, gt = small_scene
     ws = Workspace(
-        cube, spec=SPEC, classifier=ClassifierConfig(n_models=2, epochs=8, update_epochs=2),
+        cube, spec=SPEC, classifier=ClassifierConfig(method="paper", n_models=2, epochs=8, update_epochs=2),
         device="cpu", cache_dir=tmp_path,
     )  # fmt: skip
     seen: list[str] = []
@@ -112,7 +112,9 @@ def test_errors_name_what_is_missing(small_scene, tiny_model):
     with pytest.raises(InputError, match="no diffusion model to save"):
         ws.save_model("unused")
     with pytest.raises(InputError, match="no diffusion model"):
-        ws.update_job()
+        ws.extract_job()
+    with pytest.raises(InputError, match="no training labels"):
+        ws.update_job()  # without a model it would make the quick map, from labels
     ws.set_model(tiny_model)
     with pytest.raises(InputError, match="no training labels"):
         ws.update_job()
@@ -127,3 +129,24 @@ def test_new_model_keeps_only_its_stages(small_scene, tiny_model):
     ws = Workspace(small_scene[0], spec=FeatureSpec(stages=(0, 5, 40)))
     ws.set_model(tiny_model)
     assert ws.spec.stages == (0, 5)
+
+
+def test_first_map_before_any_model_then_the_mtmsd_map(small_scene, tiny_model, tmp_path):
+    """Train before pretraining gives the quick map from the spectra; once a model is there,
+    the same call trains the MTMSD heads (the few-label head, at a few labels per class)."""
+    cube, gt = small_scene
+    ws = Workspace(cube, spec=SPEC, device="cpu", cache_dir=tmp_path)
+    labels = _strokes(gt.data, 4, seed=3)
+    ws.set_labels(labels, gt.class_names, gt.colors)
+    job = ws.train_job()
+    assert job.name == "Quick map" and "no diffusion model" in job.note
+    quick = job.run(progress=False)
+    assert quick.method == "quick" and ws.prediction is quick and ws.bundle is None
+    valid = np.asarray(cube.valid_mask())
+    assert set(np.unique(quick.class_map[valid])) <= set(np.unique(labels[labels > 0]))
+    assert ws.scores(gt.data)["oa"] > 60
+    assert quick.suggestions.ndim == 2 and len(quick.suggestions) > 0
+    assert all(labels[r, c] == 0 for r, c in quick.suggestions)
+    ws.set_model(tiny_model)
+    mtmsd = ws.train(progress=False)
+    assert mtmsd.method == "few-label" and ws.bundle.method == "few-label"

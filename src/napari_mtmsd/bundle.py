@@ -16,6 +16,7 @@ from .features import FeatureSpec
 
 if TYPE_CHECKING:
     from .classifier import MTMSDClassifier
+    from .fewlabel import FewLabelClassifier
     from .model import DiffusionModel
 
 BUNDLE_FORMAT = 1
@@ -30,7 +31,7 @@ class ClassifierBundle:
 
     model: DiffusionModel
     spec: FeatureSpec
-    classifier: MTMSDClassifier
+    classifier: MTMSDClassifier | FewLabelClassifier
     class_names: list[str] | None = None
     colors: np.ndarray | None = None
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -51,9 +52,16 @@ class ClassifierBundle:
             write_json(tmp / BUNDLE_FILE, BUNDLE_FORMAT, record)
         return path
 
+    @property
+    def method(self) -> str:
+        """``"paper"`` (the fusion ensemble) or ``"few-label"`` (``fewlabel.FewLabelClassifier``);
+        bundles saved before the few-label method hold the paper's heads."""
+        return self.meta.get("method", "paper")
+
     @classmethod
     def load(cls, path: str | Path, device: str = "cpu") -> ClassifierBundle:
         from .classifier import MTMSDClassifier
+        from .fewlabel import FewLabelClassifier
         from .model import DiffusionModel
 
         path = Path(path)
@@ -66,7 +74,8 @@ class ClassifierBundle:
                 f"the diffusion model in {path / 'model'} is not the one this classifier was "
                 "trained on (fingerprint mismatch)"
             )
-        classifier = MTMSDClassifier.load(path / "classifier")
+        heads = FewLabelClassifier if info.get("method") == "few-label" else MTMSDClassifier
+        classifier = heads.load(path / "classifier")
         meta = {k: v for k, v in info.items() if k not in _OWN_KEYS}
         colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
         spec = FeatureSpec.from_dict(info["spec"])

@@ -64,6 +64,10 @@ class PretrainConfig:
 class ClassifierConfig:
     """The MTMSD heads (``classifier.MTMSDClassifier``) and the Update that continues them."""
 
+    method: str = _field("auto", "'paper': purification + fusion ensemble, as the paper; "
+                         "'few-label': RBF-SVM on the edge-aware smoothed scene embedding; "
+                         "'auto': few-label below a median of 30 labelled pixels per class",
+                         choices=("auto", "paper", "few-label"))  # fmt: skip
     k: int | None = _field(None, "channels kept by purification (default: 60 % of the "
                            "feature channels, the paper's 768 of 1280)")  # fmt: skip
     n_models: int = _field(5, "ensemble size", minimum=1, maximum=20)
@@ -74,7 +78,7 @@ class ClassifierConfig:
 
     def classifier_kwargs(self) -> dict[str, Any]:
         """Keywords of a full training (``pipeline.iter_train``)."""
-        kw = {"n_models": self.n_models, "epochs": self.epochs}
+        kw = {"method": self.method, "n_models": self.n_models, "epochs": self.epochs}
         return kw if self.k is None else {**kw, "k": self.k}
 
 

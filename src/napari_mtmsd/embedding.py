@@ -14,10 +14,12 @@ projection reads the store once in raster chunks.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 
+from ._progress import Progress, run
 from .errors import InputError
 
 #: Pixels read per chunk when projecting a whole store.
@@ -92,13 +94,20 @@ class FeatureEmbedding:
             )
         return ((x - self.mean) / self.scale) @ self.components
 
-    def transform(self, store: Any) -> np.ndarray:
-        """The embedding of every pixel of ``store``: ``(H, W, n)`` float32."""
+    def iter_transform(self, store: Any) -> Generator[Progress, None, np.ndarray]:
+        """The embedding of every pixel of ``store``: ``(H, W, n)`` float32; a progress record
+        per chunk of pixels read."""
         H, W = store.centre.shape[:2]
         out = np.empty((H * W, self.n_components), np.float32)
-        for idx, centre, glob in store.chunks(_CHUNK):
+        total = -(-H * W // _CHUNK)
+        for i, (idx, centre, glob) in enumerate(store.chunks(_CHUNK)):
             out[idx] = self.transform_rows(centre, glob)
+            yield {"stage": "embedding", "step": i + 1, "total": total}
         return out.reshape(H, W, -1)
+
+    def transform(self, store: Any) -> np.ndarray:
+        """Plain-function form of :meth:`iter_transform`."""
+        return run(self.iter_transform(store))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {f"embedding.{k}": v for k, v in dataclasses.asdict(self).items()}

@@ -20,14 +20,65 @@ probability estimates is deterministic): no pickle, a few kB.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .spatial import guided_filter, regularise
+from .errors import InputError, ModelFileError
+from .spatial import guided_filter, regularise, scale_guide
 
 TEMPERATURE = 0.5
+FORMAT = "napari-mtmsd-fewlabel"
+FORMAT_VERSION = 1
+RECORD_FILE = "fewlabel.json"
+ARRAYS_FILE = "arrays.safetensors"
+_WHAT = "a directory written by FewLabelClassifier.save"
+#: Principal components of the spectra for the quick map (no diffusion model yet).
+SPECTRAL_COMPONENTS = 30
+_FIT_PIXELS = 50_000
+
+
+@dataclasses.dataclass
+class SceneVectors:
+    """Step 1: per-pixel vectors ``(H, W, n)`` of a scene and its guide image ``(H, W)``,
+    computed once per scene and reused by every fit and prediction on it."""
+
+    vectors: np.ndarray
+    guide: np.ndarray
+
+    @classmethod
+    def of_spectra(cls, cube: Any, n_components: int = SPECTRAL_COMPONENTS, seed: int = 0):
+        """Standardised principal components of the spectra: the quick first map's vectors."""
+        from .preprocess import Preprocessor, as_cube
+
+        cube = as_cube(cube)
+        n = min(n_components, int(cube.data.shape[2]))
+        vectors = Preprocessor.fit(cube, n, max_pixels=_FIT_PIXELS, seed=seed).transform(cube.data)
+        return cls(vectors, scale_guide(vectors[..., 0], cube.valid_mask()))
+
+    @classmethod
+    def of_features(cls, model: Any, cube: Any, store: Any, embedding: Any) -> SceneVectors:
+        """The diffusion model's own input (its standardised principal components of the
+        spectra) beside the whitened embedding of the scene's diffusion features."""
+        return cls.of_parts(model.prepare(cube), embedding.transform(store), cube.valid_mask())
+
+    @classmethod
+    def of_parts(cls, prepared: np.ndarray, embedded: np.ndarray, valid: Any) -> SceneVectors:
+        """:meth:`of_features` from the model's input ``prepared (H, W, C)`` and the embedded
+        features ``(H, W, n)`` (the guide is the first component of ``prepared``)."""
+        vectors = np.concatenate([prepared, embedded], axis=-1)
+        return cls(vectors, scale_guide(prepared[..., 0], valid))
+
+
+def classify(
+    scene: SceneVectors, labels: np.ndarray, head: SpatialSVM | None = None
+) -> tuple[SpatialSVM, np.ndarray]:
+    """Steps 2-4 on ``scene`` with the painted ``labels (H, W)``: the fitted head and the
+    regularised probabilities ``(H, W, K)``."""
+    head = head or SpatialSVM()
+    smoothed = head.smooth(scene.vectors, scene.guide)
+    return head, head.fit(smoothed, labels).predict_proba(smoothed, scene.guide)
 
 
 @dataclasses.dataclass
@@ -40,6 +91,7 @@ class SpatialSVM:
     eps: float = 1e-2
     x_train: np.ndarray | None = None  # (N, n) smoothed vectors of the training pixels
     y_train: np.ndarray | None = None  # (N,) their labels
+    _svm: Any = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
     def smooth(self, vectors: np.ndarray, guide: np.ndarray) -> np.ndarray:
         """Step 2: the vectors filtered along the guide (compute once per scene)."""
@@ -86,7 +138,7 @@ class SpatialSVM:
         return self.y_train
 
     def _model(self) -> Any:
-        if getattr(self, "_svm", None) is None:
+        if self._svm is None:
             from sklearn.svm import SVC
 
             self._svm = SVC(C=self.c, kernel="rbf", gamma="scale")
@@ -109,3 +161,116 @@ class SpatialSVM:
             np.asarray(arrays["svm.x_train"], np.float32),
             np.asarray(arrays["svm.y_train"], np.int64),
         )
+
+
+#: ``method="auto"`` takes the few-label head below this median of labelled pixels per class,
+#: the paper's fusion ensemble from there on (docs/benchmarks.md, "Few labels": the head leads
+#: at 5-20 labels per class, the ensemble at 10 % of Indian Pines, a median of 48 per class).
+AUTO_MAX_PER_CLASS = 30
+
+
+def resolve_method(method: str, labels: np.ndarray) -> str:
+    """``"paper"`` or ``"few-label"`` for ``method`` (``"auto"`` decides from ``labels``)."""
+    if method not in ("auto", "paper", "few-label"):
+        raise InputError(f"method {method!r}: expected 'auto', 'paper' or 'few-label'")
+    if method != "auto":
+        return method
+    counts = np.unique(np.asarray(labels)[np.asarray(labels) > 0], return_counts=True)[1]
+    return "few-label" if len(counts) and np.median(counts) < AUTO_MAX_PER_CLASS else "paper"
+
+
+@dataclasses.dataclass
+class FewLabelClassifier:
+    """The few-label MTMSD classifier: the embedding of the diffusion features (fitted on a
+    scene's feature store, no labels) and the head fitted on the painted pixels; what a
+    classifier bundle holds when its method is ``"few-label"``."""
+
+    embedding: Any  # embedding.FeatureEmbedding
+    head: SpatialSVM
+
+    @property
+    def classes_(self) -> np.ndarray:
+        return self.head.classes_
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {**self.embedding.to_arrays(), **self.head.to_arrays()}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> FewLabelClassifier:
+        from .embedding import FeatureEmbedding
+
+        return cls(FeatureEmbedding.from_arrays(arrays), SpatialSVM.from_arrays(arrays))
+
+    def save(self, path: str | Path) -> Path:
+        """``path/``: ``fewlabel.json`` (format, classes, versions) and ``arrays.safetensors``."""
+        from safetensors.numpy import save_file
+
+        from ._atomic import atomic_dir
+        from ._versioned import versions, write_json
+
+        path = Path(path)
+        with atomic_dir(path) as tmp:
+            record = {"format": FORMAT, "classes": self.classes_.tolist(), "versions": versions()}
+            write_json(tmp / RECORD_FILE, FORMAT_VERSION, record)
+            save_file(self.to_arrays(), str(tmp / ARRAYS_FILE), metadata={"format": FORMAT})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FewLabelClassifier:
+        """Read what :meth:`save` wrote; ModelFileError naming a missing or damaged file."""
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+
+        from ._versioned import read_json
+
+        path = Path(path)
+        record = read_json(path / RECORD_FILE, FORMAT_VERSION, _WHAT, "train it again")
+        if record.get("format") != FORMAT:
+            raise ModelFileError(f"{path / RECORD_FILE}: not a few-label classifier ({_WHAT})")
+        try:
+            clf = cls.from_arrays(load_file(str(path / ARRAYS_FILE)))
+        except (OSError, SafetensorError, KeyError, ValueError) as exc:
+            raise ModelFileError(f"{path / ARRAYS_FILE}: missing or damaged ({exc})") from exc
+        if clf.classes_.tolist() != record.get("classes"):
+            raise ModelFileError(f"{path}: its arrays and its record name other classes")
+        return clf
+
+
+@dataclasses.dataclass
+class FewLabelScene:
+    """A scene made ready for the few-label head once, then fitted and predicted on by every
+    Update: its feature store, the embedding, the vectors and their smoothing."""
+
+    store: Any
+    embedding: Any
+    vectors: SceneVectors
+    smoothed: np.ndarray
+
+    @classmethod
+    def of(cls, store: Any, embedding: Any, vectors: SceneVectors) -> FewLabelScene:
+        return cls(store, embedding, vectors, SpatialSVM().smooth(vectors.vectors, vectors.guide))
+
+    def fits(self, store: Any, embedding: Any = None) -> bool:
+        """Whether this was made from ``store`` (and ``embedding``, when one is given)."""
+        return store is self.store and (embedding is None or embedding is self.embedding)
+
+    def fit(self, labels: np.ndarray) -> FewLabelClassifier:
+        """The few-label classifier of the painted ``labels (H, W)``."""
+        return FewLabelClassifier(self.embedding, SpatialSVM().fit(self.smoothed, labels))
+
+    def predict(self, clf: FewLabelClassifier, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class map ``(H, W)`` int32 (0 where not ``valid``) and confidence ``(H, W)`` float32
+        (the regularised probability of the class)."""
+        proba = clf.head.predict_proba(self.smoothed, self.vectors.guide)
+        return maps_of(clf.classes_, proba, valid)
+
+
+def maps_of(
+    classes: np.ndarray, proba: np.ndarray, valid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class map ``(H, W)`` int32 (0 where not ``valid``) and confidence ``(H, W)`` float32 (the
+    probability of the class) from probabilities ``(H, W, K)`` over ``classes``."""
+    best = proba.argmax(axis=-1)
+    class_map = np.where(valid, classes[best], 0).astype(np.int32)
+    confidence = np.take_along_axis(proba, best[..., None], axis=-1)[..., 0]
+    return class_map, np.where(valid, confidence, 0.0).astype(np.float32)

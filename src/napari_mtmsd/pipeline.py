@@ -114,14 +114,20 @@ def iter_train(
     seed: int = 0,
     store: FeatureSource | None = None,
     warm_start: ClassifierBundle | None = None,
+    method: str = "auto",
+    reuse: dict | None = None,
     **classifier_kwargs: Any,
 ) -> Generator[Progress, None, ClassifierBundle]:
     """Train the MTMSD heads on the labelled pixels of ``labels`` (H, W; 0 = unlabelled).
 
-    With ``warm_start`` (a bundle for which :func:`warm_start_mismatch` finds nothing) training
-    continues from its heads instead of starting afresh: the interactive "Update".
+    ``method`` (``fewlabel.resolve_method``): the paper's heads, or the few-label head on the
+    scene embedding (``reuse`` then keeps the embedded scene for the next training and
+    prediction on ``store``). With ``warm_start`` (a bundle for which
+    :func:`warm_start_mismatch` finds nothing) the paper's heads continue from it instead of
+    starting afresh: the interactive "Update".
     """
     from .classifier import MTMSDClassifier
+    from .fewlabel import resolve_method
 
     spec = spec or FeatureSpec()
     labels = np.asarray(labels)
@@ -136,21 +142,27 @@ def iter_train(
             f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
             f"{len(np.unique(y))} class(es)"
         )
-    if warm_start is not None:
+    method = resolve_method(method, labels)
+    if warm_start is not None and method == "paper":
         reason = warm_start_mismatch(warm_start, model, spec, labels)
         if reason is not None:
             raise InputError(f"cannot continue from the current classifier: {reason}")
         classifier_kwargs.setdefault("n_models", warm_start.classifier.n_models)
     if store is None:
         store = yield from iter_features(model, cube, spec, device, cache_dir)
-    centre, glob = store.pixels(coords)
-    classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
-    classifier_kwargs.setdefault("k", default_k(centre.shape[-1]))
-    clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
-    yield from forward(
-        clf.iter_fit(centre, glob, y, None if warm_start is None else warm_start.classifier)
-    )
+    if method == "few-label":
+        scene = yield from _few_label_scene(model, cube, store, None, reuse)
+        clf: Any = scene.fit(labels)
+    else:
+        centre, glob = store.pixels(coords)
+        classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
+        classifier_kwargs.setdefault("k", default_k(centre.shape[-1]))
+        clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
+        yield from forward(
+            clf.iter_fit(centre, glob, y, None if warm_start is None else warm_start.classifier)
+        )
     meta = {
+        "method": method,
         "seed": seed,
         "labels_hash": labels_hash(labels),
         "n_train": len(y),
@@ -170,6 +182,8 @@ def warm_start_mismatch(
         return "it was trained on another diffusion model"
     if bundle.spec != spec:
         return "it was trained on other features (timesteps, stages or mode)"
+    if bundle.method != "paper":
+        return "the few-label classifier is refitted on all labels (a second or two)"
     labels = np.asarray(labels)
     return bundle.classifier.warm_start_mismatch(labels[labels > 0])
 
@@ -192,6 +206,11 @@ def iter_predict(
     """
     if store is None:
         store = yield from iter_features(bundle.model, cube, bundle.spec, device, cache_dir)
+    if bundle.method == "few-label":
+        scene = yield from _few_label_scene(
+            bundle.model, cube, store, bundle.classifier.embedding, reuse
+        )
+        return scene.predict(bundle.classifier, cube.valid_mask())
     H, W = cube.data.shape[:2]
     class_map = np.zeros(H * W, np.int32)
     confidence = np.zeros(H * W, np.float32)
@@ -266,6 +285,30 @@ def _predict_chunks(
         keep.x[rows], keep.g[rows] = x, gp
         start += len(x)
         yield idx, clf.predict_purified(x, gp)
+
+
+def _few_label_scene(
+    model: DiffusionModel, cube: Cube, store: Any, embedding: Any, reuse: dict | None
+) -> Generator[Progress, None, Any]:
+    """The embedded, smoothed scene of ``store`` (``fewlabel.FewLabelScene``): the one kept in
+    ``reuse`` when it was made from this store (and ``embedding``), else made and kept."""
+    from .embedding import FeatureEmbedding
+    from .fewlabel import FewLabelScene, SceneVectors
+
+    if store.centre.ndim != 4:
+        raise InputError("the few-label method needs features of the whole scene (dense mode)")
+    kept = None if reuse is None else reuse.get("few-label")
+    if kept is not None and kept.fits(store, embedding):
+        return kept
+    if embedding is None:
+        yield {"stage": "embedding", "step": 0, "total": 1}
+        embedding = FeatureEmbedding.fit(store)
+    embedded = yield from embedding.iter_transform(store)
+    vectors = SceneVectors.of_parts(model.prepare(cube), embedded, cube.valid_mask())
+    kept = FewLabelScene.of(store, embedding, vectors)
+    if reuse is not None:
+        reuse["few-label"] = kept
+    return kept
 
 
 def train(

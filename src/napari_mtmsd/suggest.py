@@ -1,7 +1,8 @@
 """Where to paint next: the places whose labels would help the classifier most.
 
-Active learning by uncertainty sampling with spatial diversity: the margin between the two most
-probable classes of the (regularised) probability map is smoothed over a window, so a suggestion
+Active learning by uncertainty sampling with spatial diversity: the uncertainty of the map (one
+minus the confidence of its class, or one minus the margin between the two most probable
+classes where the probabilities are at hand) is smoothed over a window, so a suggestion
 stands for a region the classifier is unsure about rather than a single noisy pixel; the most
 uncertain places are then taken greedily, each at least ``spacing`` pixels from the others and
 from pixels already labelled (a stroke of labels nearby already informs that place).
@@ -28,22 +29,26 @@ def uncertainty(proba: np.ndarray) -> np.ndarray:
 
 
 def suggest(
-    proba: np.ndarray,
+    uncertain: np.ndarray,
     labels: np.ndarray | None = None,
     valid: np.ndarray | None = None,
     n: int = 10,
     spacing: int = 8,
     radius: int = 2,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The ``n`` places to label next: ``(coords (m, 2) int, scores (m,))``, best first
-    (``m <= n`` when the scene has fewer places far enough apart).
+    """The ``n`` places to label next by ``uncertain (H, W)`` (higher: less sure):
+    ``(coords (m, 2) int, scores (m,))``, best first (``m <= n`` when the scene has fewer
+    places far enough apart).
 
     ``radius``: half width of the window the uncertainty is averaged over; ``spacing``: the
     smallest distance (pixels) between two suggestions and between a suggestion and a label.
     """
     if int(n) < 1 or int(spacing) < 1:
         raise InputError(f"suggestions n={n}, spacing={spacing}: expected positive integers")
-    score = box_mean(uncertainty(proba), radius) if radius > 0 else uncertainty(proba)
+    uncertain = np.asarray(uncertain, np.float32)
+    if uncertain.ndim != 2:
+        raise InputError(f"an uncertainty map of shape {uncertain.shape}: expected (H, W)")
+    score = box_mean(uncertain, radius) if radius > 0 else uncertain
     free = np.ones(score.shape, bool) if valid is None else np.asarray(valid, bool).copy()
     if labels is not None and np.any(labels):
         near = ndimage.distance_transform_edt(np.asarray(labels) == 0) < spacing

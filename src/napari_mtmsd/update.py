@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass
 class Prediction:
-    """A class map (H, W) int32 (0 = invalid pixel) and its confidence (H, W) float32."""
+    """A class map (H, W) int32 (0 = invalid pixel), its confidence (H, W) float32 and, after a
+    training, where to paint next (``suggest.suggest``: (m, 2) row, col; best first)."""
 
     class_map: np.ndarray
     confidence: np.ndarray
+    suggestions: np.ndarray | None = None
+    method: str = "paper"
 
 
 @dataclasses.dataclass
@@ -41,7 +44,8 @@ class UpdatePlan:
 
     @property
     def name(self) -> str:
-        return "Update" if self.warm_start is not None else "Update (full training)"
+        refit = self.warm_start is not None or self.reason is None
+        return "Update" if refit else "Update (full training)"
 
 
 def plan_update(
@@ -51,16 +55,20 @@ def plan_update(
     labels: np.ndarray,
     config: ClassifierConfig,
 ) -> UpdatePlan:
-    """The Update policy: continue ``bundle`` for ``update_epochs`` when it was trained on this
-    model and spec and knows exactly the classes of ``labels``; otherwise a full training with
-    the configured ensemble and epochs."""
+    """The Update policy: the few-label head (``config.method`` resolved on ``labels``) is
+    refitted on all labels; the paper's heads continue ``bundle`` for ``update_epochs`` when it
+    was trained on this model and spec and knows exactly the classes of ``labels``, otherwise a
+    full training with the configured ensemble and epochs."""
+    from .fewlabel import resolve_method
     from .pipeline import warm_start_mismatch
 
+    if resolve_method(config.method, labels) == "few-label":
+        return UpdatePlan(None, {**config.classifier_kwargs(), "method": "few-label"}, None)
     reason = (
         "no classifier yet" if bundle is None else warm_start_mismatch(bundle, model, spec, labels)
     )
     if reason is None:
-        return UpdatePlan(bundle, {"epochs": config.update_epochs}, None)
+        return UpdatePlan(bundle, {"method": "paper", "epochs": config.update_epochs}, None)
     return UpdatePlan(None, config.classifier_kwargs(), reason)
 
 
@@ -93,15 +101,40 @@ class Fitted:
 def iter_fit_and_map(
     inputs: FitInputs, plan: UpdatePlan, labels: np.ndarray, store: Any, reuse: dict
 ) -> Generator[Progress, None, Fitted]:
-    """Features (``store``, else from the cache), training as ``plan`` says, the class map."""
+    """Features (``store``, else from the cache), training as ``plan`` says, the class map and
+    the places to paint next."""
     from .pipeline import iter_features, iter_predict, iter_train
+    from .suggest import suggest
 
     model, cube, spec, device = inputs.model, inputs.cube, inputs.spec, inputs.device
     if store is None:
         store = yield from iter_features(model, cube, spec, device, inputs.cache_dir)
     bundle = yield from iter_train(
         model, cube, labels, spec, class_names=inputs.class_names, colors=inputs.colors,
-        device=device, store=store, warm_start=plan.warm_start, **plan.classifier,
+        device=device, store=store, warm_start=plan.warm_start, reuse=reuse, **plan.classifier,
     )  # fmt: skip
     class_map, confidence = yield from iter_predict(bundle, cube, device, store=store, reuse=reuse)
-    return Fitted(store, reuse, bundle, labels, Prediction(class_map, confidence))
+    places, _ = suggest(1.0 - confidence, labels, class_map > 0)
+    prediction = Prediction(class_map, confidence, places, bundle.method)
+    return Fitted(store, reuse, bundle, labels, prediction)
+
+
+def iter_quick_map(
+    cube: Cube, labels: np.ndarray, spectral: Any | None
+) -> Generator[Progress, None, tuple[Any, Prediction]]:
+    """The first map, before any diffusion model exists: ``fewlabel``'s recipe on the spectra
+    (``spectral``, the cube's ``fewlabel.SceneVectors``, made here when None and returned for
+    the next quick map)."""
+    from .fewlabel import SceneVectors, classify, maps_of
+    from .suggest import suggest
+
+    yield {"stage": "quick map", "step": 0, "total": 2}
+    if spectral is None:
+        spectral = SceneVectors.of_spectra(cube)
+    yield {"stage": "quick map", "step": 1, "total": 2}
+    head, proba = classify(spectral, labels)
+    valid = np.asarray(cube.valid_mask())
+    class_map, confidence = maps_of(head.classes_, proba, valid)
+    places, _ = suggest(1.0 - confidence, labels, valid)
+    yield {"stage": "quick map", "step": 2, "total": 2}
+    return spectral, Prediction(class_map, confidence, places, "quick")

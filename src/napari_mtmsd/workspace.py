@@ -33,7 +33,15 @@ from ._progress import Progress
 from .config import ClassifierConfig, PretrainConfig
 from .errors import InputError
 from .features import FeatureSpec
-from .update import FitInputs, Fitted, Prediction, UpdatePlan, iter_fit_and_map, plan_update
+from .update import (
+    FitInputs,
+    Fitted,
+    Prediction,
+    UpdatePlan,
+    iter_fit_and_map,
+    iter_quick_map,
+    plan_update,
+)
 
 if TYPE_CHECKING:
     from .bundle import ClassifierBundle
@@ -102,6 +110,7 @@ class Workspace:
         self._store: Any | None = None
         self._store_key: tuple | None = None
         self._reuse: dict = {}  # purified scene kept between predictions (pipeline.iter_predict)
+        self._spectral: Any | None = None  # the cube's vectors for quick maps (fewlabel)
         self._fingerprint: str | None = None
         self._cube_serial = 0  # which cube object: features are keyed by it
         if cube is not None:
@@ -131,6 +140,7 @@ class Workspace:
         if cube is not self.cube:
             self.cube, self._cube_serial = cube, self._cube_serial + 1
             self._drop_features()
+            self._spectral = None
         self.events.cube.emit()
         self.events.features.emit()
 
@@ -261,18 +271,39 @@ class Workspace:
         return plan_update(self.bundle, model, spec, labels, self.classifier_config)
 
     def train_job(self) -> Job:
-        """A full training on the training labels, then the class map of the cube."""
+        """A full training on the training labels, then the class map of the cube; before any
+        diffusion model exists, the quick map (:meth:`quick_map_job`)."""
+        if self.model is None and self.cube is not None:
+            return self.quick_map_job()
         plan = UpdatePlan(None, self.classifier_config.classifier_kwargs(), None)
         return self._fit_job("Train and predict", plan)
 
     def update_job(self) -> Job:
         """Train as :meth:`update_plan` decides, then the class map; ``Job.note`` says why it
-        trains afresh."""
+        trains afresh; before any diffusion model exists, the quick map."""
+        if self.model is None and self.cube is not None:
+            return self.quick_map_job()
         self._ready()
         labels = self._training_labels()
         plan = self.update_plan(labels)
         note = None if plan.reason is None else f"Update trains a new classifier: {plan.reason}"
         return self._fit_job(plan.name, plan, note)
+
+    def quick_map_job(self) -> Job:
+        """A map in a second or two from the spectra alone (``update.iter_quick_map``), for a
+        user who paints while the diffusion model pretrains; ``Prediction.method`` is
+        ``"quick"`` until a training replaces it."""
+        if self.cube is None:
+            raise InputError("no cube: give the workspace a cube")
+        labels = self._training_labels().copy()
+
+        def commit(result: tuple[Any, Prediction]) -> Prediction:
+            self._spectral, self.prediction = result
+            self.events.prediction.emit()
+            return self.prediction
+
+        note = "no diffusion model yet: a quick map from the spectra"
+        return Job("Quick map", iter_quick_map(self.cube, labels, self._spectral), commit, note)
 
     def _training_labels(self) -> np.ndarray:
         if self.labels is None:
