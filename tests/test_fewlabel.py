@@ -185,5 +185,5 @@ def test_few_label_classifier_on_diffusion_features(small_scene, tiny_model, tmp
         tiny_model, cube, store, back.embedding))  # fmt: skip
     np.testing.assert_array_equal(again.predict(back, cube.valid_mask())[0], class_map)
     (tmp_path / "clf" / "arrays.safetensors").write_bytes(b"damaged")
-    with pytest.raises(ModelFileError, match="arrays.safetensors"):
+    with pytest.raises(ModelFileError, match=r"arrays\.safetensors"):
         FewLabelClassifier.load(tmp_path / "clf")

@@ -118,3 +118,30 @@ def test_whole_workflow(widget, scene, qtbot, tmp_path, monkeypatch, errors):
     w.inspect.show_attention()
     wait_job(qtbot, w)
     assert not w.inspect.attention.isHidden() and not errors
+
+
+def test_quick_map_first_then_the_mtmsd_map_with_suggestions(widget, scene, qtbot, tmp_path,
+                                                             monkeypatch, errors):  # fmt: skip
+    """Train before any diffusion model shows the quick map at once (and says so); the MTMSD
+    map replaces it by itself when pretraining ends; every map comes with places to paint."""
+    from napari_mtmsd._qt._classify import PREDICTION_LAYER, SUGGESTIONS_LAYER
+
+    monkeypatch.setenv("NAPARI_MTMSD_CACHE", str(tmp_path / "cache"))
+    w, viewer, (_, gt) = widget, widget.viewer, scene
+    layer = w.data.new_training_labels()
+    for k in (1, 2, 3):
+        r, c = np.argwhere(gt.data == k)[len(np.argwhere(gt.data == k)) // 2]
+        paint(layer, slice(r, r + 2), slice(c, c + 2), k)
+    assert w.session.model is None and w.classify.train_btn.isEnabled()
+    w.classify.train_and_predict()
+    wait_job(qtbot, w)
+    assert not errors and w.session.ws.prediction.method == "quick"
+    assert "quick map" in w.classify.map_info.text()
+    assert PREDICTION_LAYER in viewer.layers and SUGGESTIONS_LAYER in viewer.layers
+    assert len(viewer.layers[SUGGESTIONS_LAYER].data) > 0
+    pretrain_tiny(qtbot, w)  # the model's arrival starts the MTMSD map by itself
+    qtbot.waitUntil(lambda: w.session.ws.prediction.method != "quick" and not w.runner.busy,
+                    timeout=60_000)  # fmt: skip
+    assert not errors and w.session.ws.prediction.method == "few-label"
+    assert "few-label" in w.classify.map_info.text()
+    assert w.session.bundle.method == "few-label"

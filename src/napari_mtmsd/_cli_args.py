@@ -98,7 +98,7 @@ def _add_train(sub: Subparsers) -> None:
     sp.add_argument("-o", "--output", required=True, help="classifier directory")
     sp.add_argument("--seed", type=int, default=0)
     _features(sp)
-    add_arguments(sp, ClassifierConfig, ("k", "n_models", "epochs"))
+    add_arguments(sp, ClassifierConfig, ("method", "k", "n_models", "epochs"))
     _common(sp)
 
 
@@ -111,7 +111,7 @@ def _add_update(sub: Subparsers) -> None:
     sp.add_argument("-o", "--output", required=True, help="the updated classifier's directory")
     sp.add_argument("--map", help="also write the new class map here (.tif, .npy, .mat, .hdr)")
     _cache_dir(sp)
-    add_arguments(sp, ClassifierConfig, ("update_epochs", "n_models", "epochs"))
+    add_arguments(sp, ClassifierConfig, ("method", "update_epochs", "n_models", "epochs"))
     _common(sp)
 
 
@@ -138,7 +138,7 @@ def _add_evaluate(sub: Subparsers) -> None:
     sp.add_argument("--json", help="write the report here")
     sp.add_argument("--png", help="write class map and confusion matrix PNGs here")
     _features(sp)
-    add_arguments(sp, ClassifierConfig, ("k", "n_models", "epochs"))
+    add_arguments(sp, ClassifierConfig, ("method", "k", "n_models", "epochs"))
     _common(sp)
 
 

@@ -184,7 +184,7 @@ def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     """The classifier options given (the others keep the job's defaults)."""
     return {
         name: getattr(a, name)
-        for name in ("k", "n_models", "epochs")
+        for name in ("method", "k", "n_models", "epochs")
         if getattr(a, name, None) is not None
     }
 

@@ -22,6 +22,7 @@ from .features import FeatureSpec
 from .pipeline import (
     FeatureSource,
     PixelFeatures,
+    default_k,
     iter_features,
     iter_predict,
     iter_train,
@@ -174,7 +175,7 @@ def _iter_score(
     test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))
     labels = sorted(int(v) for v in np.unique(gt[gt > 0]))
     report = scores(y_test, class_map[test_coords[:, 0], test_coords[:, 1]], labels=labels)
-    k = classifier_kwargs.get("k") or bundle.classifier.k
+    k = classifier_kwargs.get("k") or default_k(store.centre.shape[-1])
     train = labelled_pixels(np.where(train_mask, gt, 0))
     report["baselines"] = yield from _iter_baselines(
         baselines, cube, store, train, (test_coords, y_test), labels, seed, k
@@ -200,7 +201,7 @@ def _config(
         "pretrain_steps": model.config.get("step"),
         "pretrain_seed": model.config.get("seed"),
         "spec": spec.to_dict(),
-        "classifier": bundle.classifier.hyperparameters(),
+        "classifier": {"method": bundle.method, **bundle.classifier.hyperparameters()},
         "device": device,
         "versions": versions(),
     }

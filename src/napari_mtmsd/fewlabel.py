@@ -192,6 +192,11 @@ class FewLabelClassifier:
     def classes_(self) -> np.ndarray:
         return self.head.classes_
 
+    def hyperparameters(self) -> dict[str, Any]:
+        h = self.head
+        return {"n_components": self.embedding.n_components, "c": h.c, "temperature": TEMPERATURE,
+                "feature_radius": h.feature_radius, "map_radius": h.map_radius, "eps": h.eps}  # fmt: skip
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {**self.embedding.to_arrays(), **self.head.to_arrays()}
 

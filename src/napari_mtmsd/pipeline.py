@@ -142,6 +142,8 @@ def iter_train(
             f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
             f"{len(np.unique(y))} class(es)"
         )
+    if method == "auto" and store is not None and store.centre.ndim != 4:
+        method = "paper"  # features of the labelled pixels only (patch mode): no scene to smooth
     method = resolve_method(method, labels)
     if warm_start is not None and method == "paper":
         reason = warm_start_mismatch(warm_start, model, spec, labels)

@@ -12,6 +12,7 @@ import numpy as np
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QGridLayout,
@@ -25,10 +26,18 @@ from qtpy.QtWidgets import (
 from napari_mtmsd._text import format_ints, parse_ints
 
 from ._common import LayerCombo, Session, is_labels, spin_box
-from ._layers import is_cube_layer, show_image, show_labels
+from ._layers import is_cube_layer, show_image, show_labels, show_points
 
 PREDICTION_LAYER = "prediction"
 CONFIDENCE_LAYER = "confidence"
+SUGGESTIONS_LAYER = "paint here"
+#: What the status line says of each map (``update.Prediction.method``).
+MAP_KINDS = {
+    "quick": "quick map from the spectra (no diffusion model yet; the MTMSD map replaces it "
+    "when pretraining ends)",
+    "few-label": "MTMSD map, few-label head",
+    "paper": "MTMSD map, the paper's fusion ensemble",
+}
 LIVE_DELAY_MS = 700  # after the last paint stroke; strokes in between restart the wait
 
 
@@ -50,6 +59,11 @@ class ClassifySection(QWidget):
         self.noise_draws = spin_box(FeatureSpec, "noise_draws")
         self.noise_draws.setRange(1, 16)
         self.noise_draws.setToolTip(FEATURE_FIELDS["noise_draws"])
+        method = {f.name: f for f in dataclasses.fields(ClassifierConfig)}["method"]
+        self.method = QComboBox()
+        self.method.addItems(list(method.metadata["choices"]))
+        self.method.setCurrentText(method.default)
+        self.method.setToolTip(method.metadata["help"])
         self.n_models = spin_box(ClassifierConfig, "n_models")
         self.epochs = spin_box(ClassifierConfig, "epochs")
         self.update_epochs = spin_box(ClassifierConfig, "update_epochs")
@@ -64,6 +78,8 @@ class ClassifySection(QWidget):
         self.live.setToolTip("update by itself shortly after each paint stroke")
         self.cache_info = QLabel("features: not extracted")
         self.cache_info.setWordWrap(True)
+        self.map_info = QLabel("")
+        self.map_info.setWordWrap(True)
         self.save_btn = QPushButton("Save classifier...")
         self.load_btn = QPushButton("Load classifier...")
         self.apply_combo = LayerCombo(viewer, is_cube_layer)
@@ -91,6 +107,7 @@ class ClassifySection(QWidget):
         form.addRow("timesteps", self.timesteps)
         form.addRow("stages", self.stages)
         form.addRow("noise draws", self.noise_draws)
+        form.addRow("method", self.method)
         form.addRow("ensemble", self.n_models)
         form.addRow("epochs", self.epochs)
         form.addRow("update epochs", self.update_epochs)
@@ -107,6 +124,7 @@ class ClassifySection(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.cache_info)
         layout.addLayout(grid)
+        layout.addWidget(self.map_info)
         layout.addLayout(gt_form)
         layout.addWidget(self.scores_info)
         layout.addWidget(self.confusion)
@@ -127,6 +145,7 @@ class ClassifySection(QWidget):
         events.spec.connect(self._show_spec)
         events.features.connect(self._show_cache)
         events.model.connect(self._busy_refresh)
+        events.model.connect(self._replace_quick_map)
         events.classifier.connect(self._busy_refresh)
         events.prediction.connect(self._show_workspace_prediction)
         self.session.runner.busy_changed.connect(self._busy)
@@ -171,6 +190,7 @@ class ClassifySection(QWidget):
         self.ws.set_spec(self.spec())
         self.ws.classifier_config = dataclasses.replace(
             self.ws.classifier_config,
+            method=self.method.currentText(),
             n_models=self.n_models.value(),
             epochs=self.epochs.value(),
             update_epochs=self.update_epochs.value(),
@@ -199,9 +219,10 @@ class ClassifySection(QWidget):
     def _busy(self, busy: bool) -> None:
         has_model = self.session.model is not None
         has_bundle = self.session.bundle is not None
+        has_cube = has_model or self.ws.cube is not None  # no model: Train makes the quick map
         self.extract_btn.setEnabled(not busy and has_model)
-        self.train_btn.setEnabled(not busy and has_model)
-        self.update_btn.setEnabled(not busy and has_model)
+        self.train_btn.setEnabled(not busy and has_cube)
+        self.update_btn.setEnabled(not busy and has_cube)
         self.load_btn.setEnabled(not busy)
         self.save_btn.setEnabled(not busy and has_bundle)
         self.apply_btn.setEnabled(not busy and has_bundle)
@@ -239,15 +260,31 @@ class ClassifySection(QWidget):
         features) and show the new prediction; a full training when it cannot continue."""
         from ._data import _error
 
-        if self.current_store() is None:
+        if self.ws.model is not None and self.current_store() is None:
             _error("no cached features for this model, cube and spec: click 'Extract features'")
             return
         self._start(self.ws.update_job, labels=True)
 
+    def _replace_quick_map(self) -> None:
+        """A model has come: the quick map on screen gives way to the MTMSD map."""
+        shown = self.ws.prediction
+        if shown is not None and shown.method == "quick" and self.ws.model is not None:
+            if self.session.runner.busy:
+                QTimer.singleShot(200, self._replace_quick_map)  # after the pretraining job
+            else:
+                self.train_and_predict()
+
     def _show_workspace_prediction(self) -> None:
         prediction = self.ws.prediction
-        if prediction is not None:
-            self.show_prediction(prediction.class_map, prediction.confidence)
+        if prediction is None:
+            return
+        self.show_prediction(prediction.class_map, prediction.confidence)
+        self.map_info.setText(f"shown: {MAP_KINDS.get(prediction.method, prediction.method)}")
+        if prediction.suggestions is not None:
+            show_points(
+                self.session.viewer, SUGGESTIONS_LAYER, prediction.suggestions,
+                self.session.transform(None), size=max(prediction.class_map.shape) / 30,
+            )  # fmt: skip
 
     def show_prediction(
         self,
@@ -258,9 +295,9 @@ class ClassifySection(QWidget):
     ) -> None:
         """The class map as a Labels layer (class colours and names) and the confidence image."""
         transform = self.session.transform(layer)
-        bundle = self.session.bundle
-        names = list(bundle.class_names or self.session.class_names)
-        colors = bundle.colors if bundle.colors is not None else self.session.colors
+        bundle = self.session.bundle  # None for the quick map
+        names = list((bundle and bundle.class_names) or self.session.class_names)
+        colors = self.session.colors if bundle is None or bundle.colors is None else bundle.colors
         show_labels(
             self.session.viewer, PREDICTION_LAYER + suffix, class_map, names, colors, transform
         )

@@ -178,3 +178,26 @@ def _pad(transform: dict[str, Any], leading: int) -> tuple[tuple, tuple, np.ndar
         (0.0,) * leading + tuple(transform["translate"]),
         rotate,
     )
+
+
+def show_points(
+    viewer: napari.Viewer, name: str, coords: np.ndarray, transform: dict[str, Any], size: float
+) -> napari.layers.Points:
+    """Add a Points layer of (row, col) ``coords`` numbered 1.. (best first), or replace the
+    points of the one with that name."""
+    from napari.layers import Points
+
+    coords = np.asarray(coords, float).reshape(-1, 2)
+    text = {"string": "{rank}", "color": "yellow", "anchor": "upper_left", "size": 10}
+    features = {"rank": np.arange(1, len(coords) + 1)}
+    kwargs = {"scale": transform["scale"], "translate": transform["translate"]}
+    if name in viewer.layers and isinstance(viewer.layers[name], Points):
+        layer = viewer.layers[name]
+        layer.data, layer.features = coords, features
+        layer.text = text
+        layer.scale, layer.translate = kwargs["scale"], kwargs["translate"]
+        return layer
+    return viewer.add_points(
+        coords, name=name, size=size, features=features, text=text, symbol="ring",
+        border_color="yellow", face_color="transparent", **kwargs,
+    )  # fmt: skip
