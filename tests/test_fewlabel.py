@@ -43,6 +43,30 @@ def test_quick_map_from_few_labels_beats_the_unsmoothed_svm(scene):
     np.testing.assert_array_equal(proba, again)  # deterministic
 
 
+def test_quick_map_ignores_invalid_pixels(scene):
+    """NaN pixels (a no-data hole) get class 0 and do not spread into their neighbours."""
+    from napari_mtmsd.fewlabel import maps_of
+    from napari_mtmsd.io import Cube
+
+    cube, gt = scene
+    data = np.array(cube.data, dtype=np.float32)
+    data[10:14, 10:14] = np.nan
+    holed = Cube(data=data, name="holed")
+    labels = np.where(make_split(gt, "per-class:3", seed=0)[0], gt, 0)
+    spectral = SceneVectors.of_spectra(holed)
+    assert np.isfinite(spectral.vectors).all() and np.isfinite(spectral.guide).all()
+    head, proba = classify(spectral, labels)
+    class_map, confidence = maps_of(head.classes_, proba, holed.valid_mask())
+    assert (class_map[10:14, 10:14] == 0).all() and (confidence[10:14, 10:14] == 0).all()
+    assert np.isfinite(proba).all()
+    ring = np.zeros(gt.shape, bool)
+    ring[8:16, 8:16] = True
+    ring[10:14, 10:14] = False
+    whole_head, whole = classify(SceneVectors.of_spectra(cube), labels)
+    whole_map = whole_head.classes_[whole.argmax(-1)]
+    assert (class_map[ring] == whole_map[ring]).mean() >= 0.75
+
+
 def test_spatial_svm_round_trips_through_arrays(scene):
     cube, gt = scene
     spectral = SceneVectors.of_spectra(cube)

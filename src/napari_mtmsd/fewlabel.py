@@ -48,14 +48,21 @@ class SceneVectors:
     guide: np.ndarray
 
     @classmethod
-    def of_spectra(cls, cube: Any, n_components: int = SPECTRAL_COMPONENTS, seed: int = 0):
-        """Standardised principal components of the spectra: the quick first map's vectors."""
+    def of_spectra(
+        cls, cube: Any, n_components: int = SPECTRAL_COMPONENTS, seed: int = 0
+    ) -> SceneVectors:
+        """Standardised principal components of the spectra: the quick first map's vectors
+        (0 at invalid pixels, as the diffusion model's input, so the filters never spread a
+        NaN)."""
         from .preprocess import Preprocessor, as_cube
 
         cube = as_cube(cube)
         n = min(n_components, int(cube.data.shape[2]))
         vectors = Preprocessor.fit(cube, n, max_pixels=_FIT_PIXELS, seed=seed).transform(cube.data)
-        return cls(vectors, scale_guide(vectors[..., 0], cube.valid_mask()))
+        valid = np.asarray(cube.valid_mask(), bool)
+        vectors[~valid] = 0.0
+        np.nan_to_num(vectors, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+        return cls(vectors, scale_guide(vectors[..., 0], valid))
 
     @classmethod
     def of_features(cls, model: Any, cube: Any, store: Any, embedding: Any) -> SceneVectors:
