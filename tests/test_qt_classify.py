@@ -145,3 +145,5 @@ def test_quick_map_first_then_the_mtmsd_map_with_suggestions(widget, scene, qtbo
     assert not errors and w.session.ws.prediction.method == "few-label"
     assert "few-label" in w.classify.map_info.text()
     assert w.session.bundle.method == "few-label"
+    # the timestep attention belongs to the paper's classifier: not offered for this one
+    assert not w.inspect.attention_btn.isEnabled() and "paper" in w.inspect.attention_btn.toolTip()

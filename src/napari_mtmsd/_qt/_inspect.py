@@ -67,7 +67,13 @@ class InspectSection(QWidget):
         has_store = self._store() is not None
         self.features_btn.setEnabled(not busy and has_store)
         self.pca_btn.setEnabled(not busy and has_store)
-        self.attention_btn.setEnabled(not busy and has_store and self.session.bundle is not None)
+        bundle = self.session.bundle
+        attends = bundle is not None and bundle.method == "paper"  # the fusion's attention
+        self.attention_btn.setEnabled(not busy and has_store and attends)
+        self.attention_btn.setToolTip(
+            "" if bundle is None or attends else "the timestep attention is the paper "
+            "classifier's: choose the method 'paper' in Classify and train"
+        )
 
     def _refresh(self) -> None:
         store = self._store()
@@ -132,7 +138,7 @@ class InspectSection(QWidget):
 
         store, bundle = self._store(), self.session.bundle
         labels = self.session.train_labels_used
-        if store is None or bundle is None or labels is None:
+        if store is None or bundle is None or labels is None or bundle.method != "paper":
             return
         timesteps = store.spec.timesteps
         names = list(bundle.class_names or self.session.class_names)
