@@ -23,7 +23,7 @@ def test_classifier_defaults_are_the_estimators():
     params = inspect.signature(MTMSDClassifier).parameters
     for name in ("n_models", "epochs"):
         assert getattr(ClassifierConfig(), name) == params[name].default
-    assert ClassifierConfig().classifier_kwargs() == {"n_models": 5, "epochs": 100}
+    assert ClassifierConfig().classifier_kwargs() == {"method": "auto", "n_models": 5, "epochs": 100}
     assert ClassifierConfig(k=12).classifier_kwargs()["k"] == 12
 
 
