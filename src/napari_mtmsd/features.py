@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
-from ._progress import Progress, forward
+from ._progress import Pacer, Progress, run
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -37,10 +37,12 @@ if TYPE_CHECKING:
 
     from .io import Cube
     from .model import DiffusionModel
+    from .unet import UNet
 
 DEFAULT_TIMESTEPS: tuple[int, ...] = tuple(range(50, 1000, 50))
 DEFAULT_STAGES: tuple[int, ...] = (0, 1, 2, 3, 5)
 _NOISE_BLOCK = 64  # the dense noise field is drawn in blocks of this size, each from its own seed
+R = TypeVar("R")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +208,20 @@ def _separable(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return torch.matmul(cols, t).permute(1, 2, 0, 3)  # (nt, h, w, Cs) -> (h, w, nt, Cs)
 
 
+# How fine the work is cut: a U-Net pass runs one layer at a time (``UNet.iter_forward_features``)
+# and holds as many noised images as keep its largest layer near ``_UNIT_S`` of work, so that a
+# progress record, and with it a chance to stop, comes well within a second. The rates are the
+# slowest layers' FLOP/s on this project's 2-core CPU at one thread (fp32 for the ``cpu`` preset,
+# bf16 autocast for ``paper``), so a loaded machine still meets the bound; accelerators run
+# queued kernels asynchronously and need no cut.
+_UNIT_S = 0.25
+_CPU_FLOPS = {False: 35e9, True: 300e9}
+_ACCEL_FLOPS = 20e12
+
+
 class _Runner:
-    """Runs the U-Net for one spec on one device: timesteps batched under a memory budget,
-    bf16 autocast where it pays, channels-last."""
+    """Runs the U-Net for one spec on one device: timesteps batched under a memory budget and
+    a time budget per layer, bf16 autocast where it pays, channels-last."""
 
     def __init__(
         self,
@@ -235,6 +248,9 @@ class _Runner:
         self.channels = list(model.unet.stage_channels(spec.stages))
         self.D = sum(self.channels)
         self.multiple = 2 ** (len(model.unet.config.channel_mult) - 1)
+        cpu = self.device.type == "cpu"
+        self.unit_flops = _UNIT_S * (_CPU_FLOPS[self.bf16] if cpu else _ACCEL_FLOPS)
+        self._probes: dict[tuple[int, int], tuple[list[float], list[tuple[int, ...]]]] = {}
 
     def batch(self, n_images: int, h: int, w: int) -> int:
         """Timesteps per forward pass so that activations and one upsampled stage fit the budget.
@@ -248,8 +264,22 @@ class _Runner:
         fit = int(self.memory_mb * 2**20 // max(per_image * n_images, 1))
         return max(1, min(len(self.spec.timesteps), fit))
 
-    def stage_maps(self, x0: torch.Tensor, noise: torch.Tensor, ti: slice) -> list[torch.Tensor]:
-        """x0, noise (n, C, h, w); timesteps ``ti`` -> raw stage outputs, (n * nt, Cs, hs, ws) each."""
+    def probe(self, h: int, w: int) -> tuple[list[float], list[tuple[int, ...]]]:
+        """FLOPs of each layer of one image's pass at ``h x w``, in the order the pass pauses,
+        and the (Cs, hs, ws) of its stage maps."""
+        if (h, w) not in self._probes:
+            self._probes[h, w] = _count_layer_flops(self.unet, h, w, self.spec.stages)
+        return self._probes[h, w]
+
+    def images_per_pass(self, h: int, w: int) -> int:
+        """How many noised ``h x w`` images keep a pass's largest layer within the time unit."""
+        return max(1, int(self.unit_flops // max(max(self.probe(h, w)[0]), 1)))
+
+    def iter_stage_maps(
+        self, x0: torch.Tensor, noise: torch.Tensor, ti: slice
+    ) -> Generator[float, None, list[torch.Tensor]]:
+        """x0, noise (n, C, h, w); timesteps ``ti`` -> raw stage outputs, (n * nt, Cs, hs, ws)
+        each. Yields the FLOPs of each layer as it completes."""
         import torch
 
         from .device import autocast
@@ -261,22 +291,85 @@ class _Runner:
         xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)
         t = self.t[ti].repeat(n)
         xt = xt.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, enabled=self.bf16):
-            return self.unet.forward_features(xt, t, self.spec.stages)
+        gen = self.unet.iter_forward_features(xt, t, self.spec.stages)
+        for layer_flops in self.probe(*xt.shape[-2:])[0]:
+            # the modes are entered around each layer, not held across a pause: the caller's
+            # own code between records must not run under them
+            with torch.inference_mode(), autocast(self.device, enabled=self.bf16):
+                next(gen)
+            yield layer_flops * n * nt
+        return run(gen)  # the stage maps, gathered after the last layer
+
+
+def _count_layer_flops(
+    unet: UNet, h: int, w: int, stages: Sequence[int]
+) -> tuple[list[float], list[tuple[int, ...]]]:
+    """``_Runner.probe``: every convolution and attention of a pass over a small zero input,
+    counted from their outputs' shapes (2 FLOPs a multiply-add, as torch's FlopCounterMode,
+    which takes seconds to start) and scaled to ``h x w``: a convolution's work grows with the
+    area, an attention's with its square. The time embedding's small linear layers are left out.
+    """
+    import torch
+    from torch import nn
+
+    from .unet import AttentionBlock
+
+    side = 2 * unet.config.size_multiple
+    area = h * w / side**2
+    counted = [0.0]
+
+    def count(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+        if isinstance(module, AttentionBlock):  # q k^T and the weighted sum of v
+            counted[0] += 4.0 * out.shape[1] * (out.shape[2] * out.shape[3] * area) ** 2
+        else:  # a multiply-add per output value and weight of its input slice
+            counted[0] += 2.0 * out.numel() * area * module.weight.shape[1:].numel()
+
+    kinds = (nn.Conv2d, AttentionBlock)
+    hooks = [m.register_forward_hook(count) for m in unet.modules() if isinstance(m, kinds)]
+    device = next(unet.parameters()).device
+    x = torch.zeros((1, unet.config.in_channels, side, side), device=device)
+    flops: list[float] = []
+    try:
+        with torch.inference_mode():
+            gen = unet.iter_forward_features(
+                x, torch.zeros(1, dtype=torch.long, device=device), stages
+            )
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    maps = stop.value
+                    break
+                flops.append(counted[0] - sum(flops))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return flops, [(m.shape[1], m.shape[2] * h // side, m.shape[3] * w // side) for m in maps]
+
+
+def _sum_draws(m: torch.Tensor, draws: int, into: torch.Tensor | None = None) -> torch.Tensor:
+    """Stage maps of ``draws`` noise draws, draw-major ``(draws * k, Cs, hs, ws)`` -> their sum
+    ``(k, Cs, hs, ws)`` in float32 and the maps' memory format (channels-last), added to
+    ``into`` when given (the sum of earlier draws)."""
+    import torch
+
+    parts = m.view(draws, -1, *m.shape[1:])
+    if into is None:
+        into, parts = parts[0].to(torch.float32, copy=True), parts[1:]
+    for part in parts:
+        into.add_(part)
+    return into
 
 
 def _mean_over_draws(m: torch.Tensor, draws: int) -> torch.Tensor:
-    """Stage maps of ``draws`` noise draws, draw-major ``(draws * k, Cs, hs, ws)`` -> their mean
-    ``(k, Cs, hs, ws)`` in float32, in the maps' memory format (channels-last)."""
-    import torch
+    """Stage maps of ``draws`` noise draws, draw-major -> their mean (float32 when averaged)."""
+    return m if draws == 1 else _sum_draws(m, draws).div_(draws)
 
-    if draws == 1:
-        return m
-    parts = m.view(draws, -1, *m.shape[1:])
-    mean = parts[0].to(torch.float32, copy=True)
-    for part in parts[1:]:
-        mean.add_(part)
-    return mean.div_(draws)
+
+def _post_flops(stage_shapes: Sequence[tuple[int, ...]], h: int, w: int) -> float:
+    """FLOPs of turning one timestep's stage maps into the centre and global features of
+    ``h x w`` served pixels (two separable products per stage, see ``_separable``)."""
+    return float(sum(4 * cs * ws * h * (hs + w) for cs, hs, ws in stage_shapes))
 
 
 def _upsample(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -286,10 +379,10 @@ def _upsample(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 def _iter_patch_features(
-    runner: _Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray, chunk: int = 32
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    runner: _Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray
+) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """The reference: one window per pixel (pixel at index window // 2), one fixed noise patch
-    (per draw)."""
+    (per draw). Yields FLOPs of work as they are done."""
     import torch
 
     spec, P, draws = runner.spec, runner.window, runner.spec.noise_draws
@@ -300,9 +393,9 @@ def _iter_patch_features(
     ]
     centre = np.empty((len(coords), nT, runner.D), np.float16)
     glob = np.empty_like(centre)
-    bt = runner.batch(chunk * draws, P, P)
-    total = math.ceil(len(coords) / chunk) * math.ceil(nT / bt)
-    step = 0
+    fit = runner.images_per_pass(P, P)
+    chunk = min(32, max(1, fit // draws))
+    bt = max(1, min(runner.batch(chunk * draws, P, P), fit // (chunk * draws)))
     for i in range(0, len(coords), chunk):
         cs = coords[i : i + chunk]
         n = len(cs)
@@ -312,7 +405,7 @@ def _iter_patch_features(
         for t0 in range(0, nT, bt):
             ti = slice(t0, min(t0 + bt, nT))
             d0 = 0
-            for m in runner.stage_maps(x0, noise, ti):
+            for m in (yield from runner.iter_stage_maps(x0, noise, ti)):
                 up = _upsample(_mean_over_draws(m, draws), P, P).view(
                     n, ti.stop - t0, m.shape[1], P, P
                 )
@@ -320,8 +413,6 @@ def _iter_patch_features(
                 centre[i : i + n, ti, d0:d1] = up[..., P // 2, P // 2].cpu().numpy()
                 glob[i : i + n, ti, d0:d1] = up.mean((-2, -1)).cpu().numpy()
                 d0 = d1
-            step += 1
-            yield {"stage": "features", "step": step, "total": total, "mode": "patch"}
     return centre, glob
 
 
@@ -374,12 +465,51 @@ def plan_tiles(
     return tiles
 
 
+def _iter_empty(
+    shape: tuple[int, ...], chunk_bytes: int = 32 << 20
+) -> Generator[float, None, np.ndarray]:
+    """A float16 array whose memory is touched a chunk at a time. Fresh memory costs when first
+    written (the kernel zeroes each page, ~1 s per GB on this project's machine), and the first
+    timestep's features touch every page of a tile's arrays at once: seconds inside one step
+    for the ``paper`` preset's 2 GB, unless paid here between pauses. Yields no FLOPs."""
+    out = np.empty(shape, np.float16)
+    flat = out.reshape(-1)
+    step = max(1, chunk_bytes // flat.itemsize)
+    for i in range(0, flat.size, step):
+        flat[i : i + step] = 0
+        yield 0.0
+    return out
+
+
+def _bands(
+    tile: Tile, centre: np.ndarray, glob: np.ndarray, max_bytes: int = 32 << 20
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+    """A tile's features as bands of rows of at most ``max_bytes`` each, for the sink: copying
+    a ``paper`` tile's 2 GB into a memory-mapped file at once takes seconds."""
+    rows = max(1, max_bytes // max(centre[0].nbytes, 1))
+    for r in range(0, centre.shape[0], rows):
+        r1 = min(r + rows, centre.shape[0])
+        band = dataclasses.replace(tile, rows=(tile.rows[0] + r, tile.rows[0] + r1))
+        yield band, centre[r:r1], glob[r:r1]
+
+
+def _tile_flops(runner: _Runner, tile: Tile) -> float:
+    """The work of one tile: every U-Net pass and the features read from its stage maps."""
+    layers, stage_shapes = runner.probe(tile.h, tile.w)
+    h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+    per_timestep = sum(layers) * runner.spec.noise_draws + _post_flops(stage_shapes, h, w)
+    return per_timestep * len(runner.spec.timesteps)
+
+
 def _iter_tile(
     runner: _Runner, model: DiffusionModel, cube: Cube, tile: Tile, mask: np.ndarray | None = None
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """Features of the pixels a tile serves -> centre, glob (h, w, T, D) float16.
 
     ``mask`` (h, w) limits the returned rows to the pixels wanted (then arrays are (n, T, D)).
+    Yields FLOPs of work as they are done (``_tile_flops`` in all). A pass holds the draws and
+    timesteps that fit ``runner.images_per_pass``; the draws' stage maps are summed in draw
+    order whether they ran in one pass or several.
     """
     import torch
 
@@ -397,18 +527,30 @@ def _iter_tile(
     ci = slice(tile.cols[0] - tile.c0, tile.cols[1] - tile.c0)
     h, w = ri.stop - ri.start, ci.stop - ci.start
     shape = (h, w, nT, runner.D) if mask is None else (int(mask.sum()), nT, runner.D)
-    centre = np.empty(shape, np.float16)
-    glob = np.empty(shape, np.float16)
+    centre = yield from _iter_empty(shape)
+    glob = yield from _iter_empty(shape)
     outputs = (torch.from_numpy(centre), torch.from_numpy(glob))  # views: writes land in both
     sel = None if mask is None else torch.from_numpy(mask.reshape(-1)).to(runner.device)
-    bt = runner.batch(draws, tile.h, tile.w)
-    n_batches = math.ceil(nT / bt)
+    fit = runner.images_per_pass(tile.h, tile.w)
+    per_pass = min(draws, fit)  # draws per pass
+    bt = max(1, min(runner.batch(per_pass, tile.h, tile.w), fit // per_pass))
+    stage_shapes = runner.probe(tile.h, tile.w)[1]
     ops: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}  # (hs, ws) -> Rc, Rg, Cc, Cg
-    for k, t0 in enumerate(range(0, nT, bt)):
+    for t0 in range(0, nT, bt):
         ti = slice(t0, min(t0 + bt, nT))
+        maps: list[torch.Tensor] = []
+        for g0 in range(0, draws, per_pass):
+            g = slice(g0, min(g0 + per_pass, draws))
+            out = yield from runner.iter_stage_maps(x0[g], noise[g], ti)
+            if draws == 1:
+                maps = out
+            else:
+                into = maps or [None] * len(out)
+                maps = [_sum_draws(m, g.stop - g.start, s) for m, s in zip(out, into, strict=True)]
         d0 = 0
-        for m in runner.stage_maps(x0, noise, ti):
-            m = _mean_over_draws(m, draws)
+        for m, stage_shape in zip(maps, stage_shapes, strict=True):
+            if draws > 1:
+                m = m.div_(draws)
             hs, ws = m.shape[-2:]
             if (hs, ws) not in ops:
                 r = _axis_operators(hs, tile.h, ri, P)
@@ -426,8 +568,32 @@ def _iter_tile(
                     f = f.reshape(h * w, *f.shape[2:])[sel]
                 out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
             d0 = d1
-        yield {"stage": "features", "step": k + 1, "total": n_batches}
+            yield _post_flops([stage_shape], h, w) * (ti.stop - t0)
     return centre, glob
+
+
+def _records(
+    work: Generator[float, None, R],
+    pacer: Pacer,
+    flops: float,
+    span: tuple[int, int],
+    total: int,
+    **extra: Any,
+) -> Generator[Progress, None, R]:
+    """Progress records from a generator of FLOP increments (``flops`` in all): ``step`` moves
+    over ``span`` (pixels done before, after) of ``total`` as the work gets done. A record when
+    ``pacer`` says one is due, and one at the end."""
+    done = 0.0
+    while True:
+        try:
+            done += next(work)
+        except StopIteration as stop:
+            pacer.restart()
+            yield {"stage": "features", "step": span[1], "total": total, **extra}
+            return stop.value
+        if pacer.due():
+            step = span[0] + int((span[1] - span[0]) * min(done / max(flops, 1.0), 1.0))
+            yield {"stage": "features", "step": step, "total": total, **extra}
 
 
 def iter_scene(
@@ -438,17 +604,29 @@ def iter_scene(
     device: str | torch.device = "auto",
     memory_mb: float = 2048,
 ) -> Generator[Progress, None, None]:
-    """Dense features of every pixel, tile by tile, each handed to ``sink(tile, centre, glob)``."""
+    """Dense features of every pixel, tile by tile, each handed to ``sink(tile, centre, glob)``
+    in bands of rows (``tile.rows`` narrowed to the band).
+
+    Records count pixels: ``step`` of ``total`` (H x W), moving within a tile as its work gets
+    done, at least every ``Pacer`` interval plus one U-Net layer (docs/features.md, "Progress").
+    """
     if spec.mode != "dense":
         raise InputError("whole-scene features use mode='dense'; 'patch' is for sampled pixels")
     runner = _Runner(model, spec, device, memory_mb)
     H, W = cube.data.shape[:2]
     tiles = plan_tiles(H, W, runner.window, spec, runner.multiple)
+    pacer, done = Pacer(), 0
     for i, tile in enumerate(tiles):
-        centre, glob = yield from forward(
-            _iter_tile(runner, model, cube, tile), tile=i, tiles=len(tiles)
-        )
-        sink(tile, centre, glob)
+        n = (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0])
+        where = {"tile": i, "tiles": len(tiles)}
+        work = _iter_tile(runner, model, cube, tile)
+        flops = _tile_flops(runner, tile)
+        centre, glob = yield from _records(work, pacer, flops, (done, done + n), H * W, **where)
+        done += n
+        for band in _bands(tile, centre, glob):
+            sink(*band)
+            if pacer.due():
+                yield {"stage": "features", "step": done, "total": H * W, **where}
 
 
 def iter_extract_pixels(
@@ -462,13 +640,19 @@ def iter_extract_pixels(
     """Features of the pixels at ``coords`` (N, 2) -> centre, glob (N, T, D) float16.
 
     Dense mode computes only the tiles that serve a wanted pixel. ``memory_mb`` bounds the
-    working memory of one forward pass (it sets how many timesteps run together).
+    working memory of one forward pass (it sets how many timesteps run together). Records count
+    the pixels computed: the wanted ones (patch), the served pixels of the tiles run (dense).
     """
     spec = spec or FeatureSpec()
     coords = _check_coords(coords, cube)
     runner = _Runner(model, spec, device, memory_mb)
+    pacer = Pacer()
     if spec.mode == "patch":
-        return (yield from _iter_patch_features(runner, model, cube, coords))
+        P = runner.window
+        flops = len(coords) * spec.noise_draws * len(spec.timesteps) * sum(runner.probe(P, P)[0])
+        work = _iter_patch_features(runner, model, cube, coords)
+        n = len(coords)
+        return (yield from _records(work, pacer, flops, (0, n), n, mode="patch"))
     H, W = cube.data.shape[:2]
     centre = np.empty((len(coords), len(spec.timesteps), runner.D), np.float16)
     glob = np.empty_like(centre)
@@ -483,13 +667,18 @@ def iter_extract_pixels(
         )
         if inside.any():
             todo.append((tile, np.flatnonzero(inside)))
-    for i, (tile, idx) in enumerate(todo):
+    sizes = [(t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t, _ in todo]
+    done = 0
+    for i, ((tile, idx), n) in enumerate(zip(todo, sizes, strict=True)):
         h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
         local = np.zeros((h, w), bool)
         local[coords[idx, 0] - tile.rows[0], coords[idx, 1] - tile.cols[0]] = True
-        c, g = yield from forward(
-            _iter_tile(runner, model, cube, tile, local), tile=i, tiles=len(todo)
-        )
+        work = _iter_tile(runner, model, cube, tile, local)
+        c, g = yield from _records(
+            work, pacer, _tile_flops(runner, tile), (done, done + n), sum(sizes),
+            tile=i, tiles=len(todo),
+        )  # fmt: skip
+        done += n
         # _iter_tile returns the wanted pixels in raster order: match them back to coords
         order = np.flatnonzero(local.reshape(-1))
         flat = (coords[idx, 0] - tile.rows[0]) * w + (coords[idx, 1] - tile.cols[0])
