@@ -178,3 +178,20 @@ def test_records_during_extraction_leave_no_torch_mode_on(tiny_model, small_cube
     for _ in gen:
         assert not torch.is_inference_mode_enabled()
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_paused_pass_equals_the_plain_pass():
+    """``iter_forward_features`` pauses between layers; nothing else differs (bitwise)."""
+    from napari_mtmsd._progress import run
+    from napari_mtmsd.unet import PRESETS, UNet
+
+    torch.manual_seed(0)
+    net = UNet(PRESETS["tiny"]).eval()
+    for p in net.parameters():  # zero-initialised layers would hide mistakes
+        torch.nn.init.normal_(p, std=0.1)
+    x, t = torch.randn(2, 4, 24, 16), torch.tensor([5, 700])
+    with torch.no_grad():
+        plain = net.forward_features(x, t, [5, 0, 2])
+        paused = run(net.iter_forward_features(x, t, [5, 0, 2]))
+    for a, b in zip(plain, paused, strict=True):
+        assert torch.equal(a, b)

@@ -18,6 +18,9 @@ neighbourhood window fits in the tile, so U-Net edge effects stay away from the 
 
 Memory is bounded by the tile: the cube is read and preprocessed one tile at a time, and each
 tile's features go to a sink (an on-disk cache, a classifier) before the next tile is computed.
+Time is cut finer than the tile: passes pause after each U-Net layer and are sized so that a
+layer takes a fraction of a second, so progress records (and a napari Stop) come at least once a
+second (docs/features.md, "Progress and Stop").
 """
 
 from __future__ import annotations
