@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mtmsd import _unet_passes as passes
 from napari_mtmsd import cache
 from napari_mtmsd import features as F
 from napari_mtmsd._progress import Pacer
@@ -98,7 +99,7 @@ def slowed(monkeypatch):
         hooks = [
             m.register_forward_hook(sleep) for m in model.unet.modules() if isinstance(m, kinds)
         ]
-        monkeypatch.setattr(F, "_CPU_FLOPS", {False: rate, True: rate})
+        monkeypatch.setattr(passes, "CPU_FLOPS", {False: rate, True: rate})
         undo.extend(hooks)
 
     undo: list = []
@@ -113,7 +114,7 @@ def test_paper_cost_scaled_records_within_a_second(tiny_model, small_cube, slowe
     model, cube = tiny_model, small_cube
     H, W = cube.data.shape[:2]
     (tile,) = plan_tiles(H, W, model.patch_size, FeatureSpec(), 4)
-    per_image = sum(F._count_layer_flops(model.unet, tile.h, tile.w, FeatureSpec().stages)[0])
+    per_image = sum(passes.count_layer_flops(model.unet, tile.h, tile.w, FeatureSpec().stages)[0])
     slowed(model, rate=per_image / 1.4)
     spec = FeatureSpec(timesteps=(500,), noise_draws=2, bf16=False)
     _, gaps, _ = timed(cache.iter_build(model, cube, spec, tmp_path, device="cpu"))
@@ -146,7 +147,7 @@ def test_layer_flops_match_torchs_counter(preset, side):
     from napari_mtmsd.unet import PRESETS, UNet
 
     stages = (0, 1, 2, 3, 5)
-    ours, shapes = F._count_layer_flops(UNet(PRESETS[preset]), side, side, stages)
+    ours, shapes = passes.count_layer_flops(UNet(PRESETS[preset]), side, side, stages)
     with torch.device("meta"):
         net = UNet(PRESETS[preset])
         x = torch.empty(1, net.config.in_channels, side, side)
@@ -171,7 +172,7 @@ def test_results_do_not_depend_on_how_the_work_is_cut(tiny_model, small_cube, mo
     coords = np.argwhere(np.ones((40, 32), bool))[::7]
     spec = FeatureSpec(timesteps=(100, 500, 900), stages=(0, 1, 2), noise_draws=3, bf16=False)
     whole = F.extract_pixels(tiny_model, small_cube, coords, spec, device="cpu")
-    monkeypatch.setattr(F, "_CPU_FLOPS", {False: 1.0, True: 1.0})
+    monkeypatch.setattr(passes, "CPU_FLOPS", {False: 1.0, True: 1.0})
     cut = F.extract_pixels(tiny_model, small_cube, coords, spec, device="cpu")
     for a, b in zip(whole, cut, strict=True):
         np.testing.assert_allclose(

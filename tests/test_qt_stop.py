@@ -46,7 +46,7 @@ def extracting(make_napari_viewer, cpu_scene, qtbot, tmp_path, monkeypatch):
         viewer.add_image(data, **kwargs)
     w = MTMSDWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.session.model = model
+    w.session.ws.set_model(model)
     w.model.device.setCurrentText("cpu")
     steps: list[int] = []
     w.runner.progress.connect(lambda record: steps.append(int(record.get("step", 0))))

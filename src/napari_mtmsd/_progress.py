@@ -66,3 +66,28 @@ class Pacer:
             return False
         self.restart()
         return True
+
+
+def paced(
+    work: Generator[float, None, R],
+    pacer: Pacer,
+    amount: float,
+    span: tuple[int, int],
+    total: int,
+    stage: str = "features",
+    **extra: Any,
+) -> Generator[Progress, None, R]:
+    """Records from a job that yields its work in small increments (``amount`` in all, e.g.
+    FLOPs): ``step`` moves over ``span`` (units done before, after) of ``total`` as the work
+    gets done. A record when ``pacer`` says one is due, and one at the end."""
+    done = 0.0
+    while True:
+        try:
+            done += next(work)
+        except StopIteration as stop:
+            pacer.restart()
+            yield {"stage": stage, "step": span[1], "total": total, **extra}
+            return stop.value
+        if pacer.due():
+            step = span[0] + int((span[1] - span[0]) * min(done / max(amount, 1.0), 1.0))
+            yield {"stage": stage, "step": step, "total": total, **extra}

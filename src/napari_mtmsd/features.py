@@ -28,11 +28,16 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ._progress import Pacer, Progress, run
+from . import _unet_passes as passes
+from ._feature_spec import DEFAULT_STAGES as DEFAULT_STAGES
+from ._feature_spec import DEFAULT_TIMESTEPS as DEFAULT_TIMESTEPS
+from ._feature_spec import FeatureSpec as FeatureSpec
+from ._progress import Pacer, Progress, paced, run
+from ._unet_passes import effective_bf16 as effective_bf16
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -40,79 +45,8 @@ if TYPE_CHECKING:
 
     from .io import Cube
     from .model import DiffusionModel
-    from .unet import UNet
 
-DEFAULT_TIMESTEPS: tuple[int, ...] = tuple(range(50, 1000, 50))
-DEFAULT_STAGES: tuple[int, ...] = (0, 1, 2, 3, 5)
 _NOISE_BLOCK = 64  # the dense noise field is drawn in blocks of this size, each from its own seed
-R = TypeVar("R")
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureSpec:
-    """What a feature is and how it is computed. Everything here enters the cache key.
-
-    ``tile`` is the dense U-Net input size (pixels, rounded up to the U-Net's stride); ``margin``
-    the context kept beyond each pixel's window inside a tile; ``bf16`` allows bf16 autocast
-    where it pays (see ``device.use_bf16``; features then differ from fp32 in the third digit).
-    ``noise_draws`` noise fields are averaged, at that many U-Net passes: the paper draws one;
-    three gave 0.1-0.25 points more OA on Indian Pines (docs/features.md, "Noise draws").
-    """
-
-    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
-    stages: tuple[int, ...] = DEFAULT_STAGES
-    mode: Literal["dense", "patch"] = "dense"
-    tile: int = 256
-    margin: int = 16
-    noise_seed: int = 0
-    bf16: bool = True
-    noise_draws: int = 3
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("dense", "patch"):
-            raise InputError(f"feature mode must be 'dense' or 'patch', not {self.mode!r}")
-        if not self.timesteps or not self.stages:
-            raise InputError("at least one timestep and one stage are needed")
-        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
-        object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
-        if int(self.noise_draws) < 1:
-            raise InputError(f"noise_draws must be at least 1, got {self.noise_draws}")
-        object.__setattr__(self, "noise_draws", int(self.noise_draws))
-        if self.tile < 16 or self.margin < 0:
-            raise InputError(
-                f"tile must be >= 16 and margin >= 0 (got tile={self.tile}, margin={self.margin})"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        d = {"noise_draws": 1, **d}  # written before noise_draws existed: one draw
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
-    def validate(self, model: DiffusionModel) -> None:
-        T = model.schedule.T
-        bad_t = [t for t in self.timesteps if not 0 <= t < T]
-        if bad_t:
-            raise InputError(f"timesteps {bad_t} are outside the schedule's range 0..{T - 1}")
-        n_blocks = len(model.unet.output_blocks)
-        bad_s = [s for s in self.stages if not 0 <= s < n_blocks]
-        if bad_s:
-            raise InputError(
-                f"stages {bad_s} do not exist: this U-Net has decoder blocks 0..{n_blocks - 1}"
-            )
-
-
-def effective_bf16(
-    model: DiffusionModel, spec: FeatureSpec, device: str | torch.device = "auto"
-) -> bool:
-    """Whether features are computed under bf16 autocast: allowed by ``spec.bf16`` and paying on
-    this device for this network (``device.use_bf16``). Part of the cache key."""
-    from .device import resolve_device, use_bf16
-
-    dev = resolve_device(device) if isinstance(device, str) else device
-    return bool(spec.bf16 and use_bf16(dev, model.unet.config.model_channels))
 
 
 def feature_dim(model: DiffusionModel, spec: FeatureSpec) -> int:
@@ -167,222 +101,8 @@ def noise_field(C: int, r0: int, c0: int, h: int, w: int, seed: int) -> np.ndarr
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The U-Net pass: noised inputs at every timestep -> upsampled stage maps -> centre and global.
-
-
-def _axis_operators(
-    n_in: int, n_out: int, served: slice, window: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis of a tile: the rows of the bilinear upsampling ``n_in -> n_out``
-    (``F.interpolate``, ``align_corners=False``) at the served pixels, and of the mean of that
-    upsampled axis over each served pixel's ``window``: two ``(n_served, n_in)`` matrices.
-
-    Upsampling and box mean are linear and separable, so a stage map ``M (.., n_in, n_in)``
-    gives its centre features as ``Rc M Cc^T`` and its global features as ``Rg M Cg^T``: small
-    matrix products that never build the full-size upsampled map (most of a tile's work
-    otherwise: a 228 x 228 map of every channel, for 145 x 145 served pixels).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # source positions as channels
-    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T  # (n_out, n_in)
-    c = F.pad(up.cumsum(0), (0, 0, 1, 0))
-    box = (c[window:] - c[:-window]) / window  # row j: mean of upsampled rows j .. j + window - 1
-    start = served.start - window // 2  # a served pixel's window starts window // 2 before it
-    glob = box[start : start + served.stop - served.start]
-    return up[served].float(), glob.float()
-
-
-def _separable(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``rows M cols^T`` for every map of ``m (nt, Cs, hs, ws)``, as an ``(h, w, nt, Cs)`` view
-    (the caller's one copy into the feature array does the transpose).
-
-    Computed channels-last (the U-Net's own layout), rows first: one large matmul per
-    timestep, then a batched one; 1.6x faster than along the contiguous layout here.
-    """
-    import torch
-
-    nt, cs, hs, ws = m.shape
-    m = m.permute(0, 2, 3, 1).float()  # (nt, hs, ws, Cs): contiguous for a channels-last map
-    t = torch.stack([rows @ m[i].reshape(hs, ws * cs) for i in range(nt)])  # (nt, h, ws * Cs)
-    t = t.view(nt, rows.shape[0], ws, cs)
-    return torch.matmul(cols, t).permute(1, 2, 0, 3)  # (nt, h, w, Cs) -> (h, w, nt, Cs)
-
-
-# How fine the work is cut: a U-Net pass runs one layer at a time (``UNet.iter_forward_features``)
-# and holds as many noised images as keep its largest layer near ``_UNIT_S`` of work, so that a
-# progress record, and with it a chance to stop, comes well within a second. The rates are the
-# slowest layers' FLOP/s on this project's 2-core CPU at one thread (fp32 for the ``cpu`` preset,
-# bf16 autocast for ``paper``), so a loaded machine still meets the bound; accelerators run
-# queued kernels asynchronously and need no cut.
-_UNIT_S = 0.25
-_CPU_FLOPS = {False: 35e9, True: 300e9}
-_ACCEL_FLOPS = 20e12
-
-
-class _Runner:
-    """Runs the U-Net for one spec on one device: timesteps batched under a memory budget and
-    a time budget per layer, bf16 autocast where it pays, channels-last."""
-
-    def __init__(
-        self,
-        model: DiffusionModel,
-        spec: FeatureSpec,
-        device: str | torch.device,
-        memory_mb: float = 2048,
-    ):
-        import torch
-
-        from .device import resolve_device
-
-        spec.validate(model)
-        self.model, self.spec, self.memory_mb = model, spec, memory_mb
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.bf16 = effective_bf16(model, spec, self.device)
-        self.unet = model.unet.to(self.device).eval()
-        self.window = int(model.patch_size)
-        ab = torch.as_tensor(np.asarray(model.schedule.alphas_cumprod), dtype=torch.float64)
-        t = torch.as_tensor(spec.timesteps)
-        self.sqrt_ab = ab[t].sqrt().float().to(self.device)
-        self.sqrt_1mab = (1 - ab[t]).sqrt().float().to(self.device)
-        self.t = t.to(self.device)
-        self.channels = list(model.unet.stage_channels(spec.stages))
-        self.D = sum(self.channels)
-        self.multiple = 2 ** (len(model.unet.config.channel_mult) - 1)
-        cpu = self.device.type == "cpu"
-        self.unit_flops = _UNIT_S * (_CPU_FLOPS[self.bf16] if cpu else _ACCEL_FLOPS)
-        self._probes: dict[tuple[int, int], tuple[list[float], list[tuple[int, ...]]]] = {}
-
-    def batch(self, n_images: int, h: int, w: int) -> int:
-        """Timesteps per forward pass so that activations and one upsampled stage fit the budget.
-
-        Per noised image: the U-Net keeps ~3 skip tensors per resolution level plus a few working
-        ones (~16 maps of ``model_channels`` at full size, in bf16 or fp32), and the float32
-        upsampled stage with its box-mean temporaries (~3 maps of the widest stage).
-        """
-        mc = self.model.unet.config.model_channels
-        per_image = h * w * 4 * (16 * mc + 3 * max(self.channels))
-        fit = int(self.memory_mb * 2**20 // max(per_image * n_images, 1))
-        return max(1, min(len(self.spec.timesteps), fit))
-
-    def probe(self, h: int, w: int) -> tuple[list[float], list[tuple[int, ...]]]:
-        """FLOPs of each layer of one image's pass at ``h x w``, in the order the pass pauses,
-        and the (Cs, hs, ws) of its stage maps."""
-        if (h, w) not in self._probes:
-            self._probes[h, w] = _count_layer_flops(self.unet, h, w, self.spec.stages)
-        return self._probes[h, w]
-
-    def images_per_pass(self, h: int, w: int) -> int:
-        """How many noised ``h x w`` images keep a pass's largest layer within the time unit."""
-        return max(1, int(self.unit_flops // max(max(self.probe(h, w)[0]), 1)))
-
-    def iter_stage_maps(
-        self, x0: torch.Tensor, noise: torch.Tensor, ti: slice
-    ) -> Generator[float, None, list[torch.Tensor]]:
-        """x0, noise (n, C, h, w); timesteps ``ti`` -> raw stage outputs, (n * nt, Cs, hs, ws)
-        each. Yields the FLOPs of each layer as it completes."""
-        import torch
-
-        from .device import autocast
-
-        n = x0.shape[0]
-        nt = ti.stop - ti.start
-        a = self.sqrt_ab[ti].view(1, nt, 1, 1, 1)
-        b = self.sqrt_1mab[ti].view(1, nt, 1, 1, 1)
-        xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)
-        t = self.t[ti].repeat(n)
-        xt = xt.contiguous(memory_format=torch.channels_last)
-        gen = self.unet.iter_forward_features(xt, t, self.spec.stages)
-        for layer_flops in self.probe(*xt.shape[-2:])[0]:
-            # the modes are entered around each layer, not held across a pause: the caller's
-            # own code between records must not run under them
-            with torch.inference_mode(), autocast(self.device, enabled=self.bf16):
-                next(gen)
-            yield layer_flops * n * nt
-        return run(gen)  # the stage maps, gathered after the last layer
-
-
-def _count_layer_flops(
-    unet: UNet, h: int, w: int, stages: Sequence[int]
-) -> tuple[list[float], list[tuple[int, ...]]]:
-    """``_Runner.probe``: every convolution and attention of a pass over a small zero input,
-    counted from their outputs' shapes (2 FLOPs a multiply-add, as torch's FlopCounterMode,
-    which takes seconds to start) and scaled to ``h x w``: a convolution's work grows with the
-    area, an attention's with its square. The time embedding's small linear layers are left out.
-    """
-    import torch
-    from torch import nn
-
-    from .unet import AttentionBlock
-
-    side = 2 * unet.config.size_multiple
-    area = h * w / side**2
-    counted = [0.0]
-
-    def count(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-        if isinstance(module, AttentionBlock):  # q k^T and the weighted sum of v
-            counted[0] += 4.0 * out.shape[1] * (out.shape[2] * out.shape[3] * area) ** 2
-        else:  # a multiply-add per output value and weight of its input slice
-            counted[0] += 2.0 * out.numel() * area * module.weight.shape[1:].numel()
-
-    kinds = (nn.Conv2d, AttentionBlock)
-    hooks = [m.register_forward_hook(count) for m in unet.modules() if isinstance(m, kinds)]
-    device = next(unet.parameters()).device
-    x = torch.zeros((1, unet.config.in_channels, side, side), device=device)
-    flops: list[float] = []
-    try:
-        with torch.inference_mode():
-            gen = unet.iter_forward_features(
-                x, torch.zeros(1, dtype=torch.long, device=device), stages
-            )
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    maps = stop.value
-                    break
-                flops.append(counted[0] - sum(flops))
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return flops, [(m.shape[1], m.shape[2] * h // side, m.shape[3] * w // side) for m in maps]
-
-
-def _sum_draws(m: torch.Tensor, draws: int, into: torch.Tensor | None = None) -> torch.Tensor:
-    """Stage maps of ``draws`` noise draws, draw-major ``(draws * k, Cs, hs, ws)`` -> their sum
-    ``(k, Cs, hs, ws)`` in float32 and the maps' memory format (channels-last), added to
-    ``into`` when given (the sum of earlier draws)."""
-    import torch
-
-    parts = m.view(draws, -1, *m.shape[1:])
-    if into is None:
-        into, parts = parts[0].to(torch.float32, copy=True), parts[1:]
-    for part in parts:
-        into.add_(part)
-    return into
-
-
-def _mean_over_draws(m: torch.Tensor, draws: int) -> torch.Tensor:
-    """Stage maps of ``draws`` noise draws, draw-major -> their mean (float32 when averaged)."""
-    return m if draws == 1 else _sum_draws(m, draws).div_(draws)
-
-
-def _post_flops(stage_shapes: Sequence[tuple[int, ...]], h: int, w: int) -> float:
-    """FLOPs of turning one timestep's stage maps into the centre and global features of
-    ``h x w`` served pixels (two separable products per stage, see ``_separable``)."""
-    return float(sum(4 * cs * ws * h * (hs + w) for cs, hs, ws in stage_shapes))
-
-
-def _upsample(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.interpolate(m.float(), size=(h, w), mode="bilinear", align_corners=False)
-
-
 def _iter_patch_features(
-    runner: _Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray
+    runner: passes.Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray
 ) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """The reference: one window per pixel (pixel at index window // 2), one fixed noise patch
     (per draw). Yields FLOPs of work as they are done."""
@@ -409,7 +129,7 @@ def _iter_patch_features(
             ti = slice(t0, min(t0 + bt, nT))
             d0 = 0
             for m in (yield from runner.iter_stage_maps(x0, noise, ti)):
-                up = _upsample(_mean_over_draws(m, draws), P, P).view(
+                up = passes.upsample(passes.mean_over_draws(m, draws), P, P).view(
                     n, ti.stop - t0, m.shape[1], P, P
                 )
                 d1 = d0 + m.shape[1]
@@ -496,16 +216,20 @@ def _bands(
         yield band, centre[r:r1], glob[r:r1]
 
 
-def _tile_flops(runner: _Runner, tile: Tile) -> float:
+def _tile_flops(runner: passes.Runner, tile: Tile) -> float:
     """The work of one tile: every U-Net pass and the features read from its stage maps."""
     layers, stage_shapes = runner.probe(tile.h, tile.w)
     h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
-    per_timestep = sum(layers) * runner.spec.noise_draws + _post_flops(stage_shapes, h, w)
+    per_timestep = sum(layers) * runner.spec.noise_draws + passes.post_flops(stage_shapes, h, w)
     return per_timestep * len(runner.spec.timesteps)
 
 
 def _iter_tile(
-    runner: _Runner, model: DiffusionModel, cube: Cube, tile: Tile, mask: np.ndarray | None = None
+    runner: passes.Runner,
+    model: DiffusionModel,
+    cube: Cube,
+    tile: Tile,
+    mask: np.ndarray | None = None,
 ) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """Features of the pixels a tile serves -> centre, glob (h, w, T, D) float16.
 
@@ -549,15 +273,18 @@ def _iter_tile(
                 maps = out
             else:
                 into = maps or [None] * len(out)
-                maps = [_sum_draws(m, g.stop - g.start, s) for m, s in zip(out, into, strict=True)]
+                maps = [
+                    passes.sum_draws(m, g.stop - g.start, s)
+                    for m, s in zip(out, into, strict=True)
+                ]
         d0 = 0
         for m, stage_shape in zip(maps, stage_shapes, strict=True):
             if draws > 1:
                 m = m.div_(draws)
             hs, ws = m.shape[-2:]
             if (hs, ws) not in ops:
-                r = _axis_operators(hs, tile.h, ri, P)
-                c = _axis_operators(ws, tile.w, ci, P)
+                r = passes.axis_operators(hs, tile.h, ri, P)
+                c = passes.axis_operators(ws, tile.w, ci, P)
                 ops[hs, ws] = tuple(o.to(runner.device) for o in (*r, *c))
             rc, rg, cc, cg = ops[hs, ws]
             d1 = d0 + m.shape[1]
@@ -566,37 +293,13 @@ def _iter_tile(
                 if full_size and not glob_:
                     f = m[:, :, ri, ci].permute(2, 3, 0, 1)
                 else:
-                    f = _separable(m, rg, cg) if glob_ else _separable(m, rc, cc)
+                    f = passes.separable(m, rg, cg) if glob_ else passes.separable(m, rc, cc)
                 if sel is not None:
                     f = f.reshape(h * w, *f.shape[2:])[sel]
                 out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
             d0 = d1
-            yield _post_flops([stage_shape], h, w) * (ti.stop - t0)
+            yield passes.post_flops([stage_shape], h, w) * (ti.stop - t0)
     return centre, glob
-
-
-def _records(
-    work: Generator[float, None, R],
-    pacer: Pacer,
-    flops: float,
-    span: tuple[int, int],
-    total: int,
-    **extra: Any,
-) -> Generator[Progress, None, R]:
-    """Progress records from a generator of FLOP increments (``flops`` in all): ``step`` moves
-    over ``span`` (pixels done before, after) of ``total`` as the work gets done. A record when
-    ``pacer`` says one is due, and one at the end."""
-    done = 0.0
-    while True:
-        try:
-            done += next(work)
-        except StopIteration as stop:
-            pacer.restart()
-            yield {"stage": "features", "step": span[1], "total": total, **extra}
-            return stop.value
-        if pacer.due():
-            step = span[0] + int((span[1] - span[0]) * min(done / max(flops, 1.0), 1.0))
-            yield {"stage": "features", "step": step, "total": total, **extra}
 
 
 def iter_scene(
@@ -615,7 +318,7 @@ def iter_scene(
     """
     if spec.mode != "dense":
         raise InputError("whole-scene features use mode='dense'; 'patch' is for sampled pixels")
-    runner = _Runner(model, spec, device, memory_mb)
+    runner = passes.Runner(model, spec, device, memory_mb)
     H, W = cube.data.shape[:2]
     tiles = plan_tiles(H, W, runner.window, spec, runner.multiple)
     pacer, done = Pacer(), 0
@@ -624,7 +327,7 @@ def iter_scene(
         where = {"tile": i, "tiles": len(tiles)}
         work = _iter_tile(runner, model, cube, tile)
         flops = _tile_flops(runner, tile)
-        centre, glob = yield from _records(work, pacer, flops, (done, done + n), H * W, **where)
+        centre, glob = yield from paced(work, pacer, flops, (done, done + n), H * W, **where)
         done += n
         for band in _bands(tile, centre, glob):
             sink(*band)
@@ -648,14 +351,14 @@ def iter_extract_pixels(
     """
     spec = spec or FeatureSpec()
     coords = _check_coords(coords, cube)
-    runner = _Runner(model, spec, device, memory_mb)
+    runner = passes.Runner(model, spec, device, memory_mb)
     pacer = Pacer()
     if spec.mode == "patch":
         P = runner.window
         flops = len(coords) * spec.noise_draws * len(spec.timesteps) * sum(runner.probe(P, P)[0])
         work = _iter_patch_features(runner, model, cube, coords)
         n = len(coords)
-        return (yield from _records(work, pacer, flops, (0, n), n, mode="patch"))
+        return (yield from paced(work, pacer, flops, (0, n), n, mode="patch"))
     H, W = cube.data.shape[:2]
     centre = np.empty((len(coords), len(spec.timesteps), runner.D), np.float16)
     glob = np.empty_like(centre)
@@ -677,7 +380,7 @@ def iter_extract_pixels(
         local = np.zeros((h, w), bool)
         local[coords[idx, 0] - tile.rows[0], coords[idx, 1] - tile.cols[0]] = True
         work = _iter_tile(runner, model, cube, tile, local)
-        c, g = yield from _records(
+        c, g = yield from paced(
             work, pacer, _tile_flops(runner, tile), (done, done + n), sum(sizes),
             tile=i, tiles=len(todo),
         )  # fmt: skip
@@ -699,7 +402,6 @@ def extract_pixels(
     callback: Callable[[Progress], object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain-function form of :func:`iter_extract_pixels`."""
-    from ._progress import run
 
     return run(iter_extract_pixels(model, cube, coords, spec, device), callback)
 
@@ -714,7 +416,6 @@ def feature_map(
     kind: Literal["centre", "global"] = "centre",
 ) -> np.ndarray:
     """One (H, W, C_stage) float32 feature map of the whole scene, for the napari inspector."""
-    from ._progress import run
 
     base = spec or FeatureSpec()
     one = dataclasses.replace(base, timesteps=(int(timestep),), stages=(int(stage),), mode="dense")
