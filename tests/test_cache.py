@@ -54,7 +54,7 @@ def test_invalidated_by_any_change(tiny_model, small_cube, root):
 
 def test_interrupted_write_leaves_no_valid_entry(tiny_model, small_cube, root):
     gen = cache.iter_build(tiny_model, small_cube, SPEC, root, device="cpu")
-    next(gen)  # work has started: a temp directory exists
+    next(gen), next(gen)  # work has started: a temp directory exists
     assert any(p.name.startswith(".tmp-") for p in root.iterdir())
     gen.close()  # what a napari Stop does
     assert cache.lookup(tiny_model, small_cube, SPEC, root) is None

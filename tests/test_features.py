@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mtmsd import _unet_passes as passes
 from napari_mtmsd import features as F
 from napari_mtmsd.errors import InputError
 from napari_mtmsd.features import FeatureSpec, extract_pixels, feature_map, plan_tiles
@@ -122,10 +123,10 @@ def test_separable_operators_equal_upsample_then_window_mean(hs, ws):
     want_c = up[:, :, rows, cols].permute(2, 3, 0, 1)
     want_g = pooled[:, :, rows.start - P // 2 : rows.stop - P // 2,
                     cols.start - P // 2 : cols.stop - P // 2].permute(2, 3, 0, 1)  # fmt: skip
-    rc, rg = F._axis_operators(hs, H, rows, P)
-    cc, cg = F._axis_operators(ws, W, cols, P)
-    torch.testing.assert_close(F._separable(m, rc, cc), want_c, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(F._separable(m, rg, cg), want_g, rtol=1e-5, atol=1e-5)
+    rc, rg = passes.axis_operators(hs, H, rows, P)
+    cc, cg = passes.axis_operators(ws, W, cols, P)
+    torch.testing.assert_close(passes.separable(m, rc, cc), want_c, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(passes.separable(m, rg, cg), want_g, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("H,W,tile", [(145, 145, 256), (145, 145, 96), (31, 200, 64), (1, 1, 64)])

@@ -8,6 +8,7 @@ call ``run(gen, callback)``, which drives it to the end and returns the result.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -42,3 +43,51 @@ def forward(gen: Generator[Progress, None, R], **extra: Any) -> Generator[Progre
         except StopIteration as stop:
             return stop.value
         yield {**record, **extra}
+
+
+class Pacer:
+    """When a job cut into fine units should yield a record: at most every ``interval`` seconds.
+
+    A job whose units are short (a U-Net layer) asks ``due()`` after each one, so records, and
+    with them a napari Stop, come within ``interval`` plus one unit, yet a fast job (the ``tiny``
+    preset: thousands of units a second) does not flood the progress bar with signals.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        self.interval = interval
+        self.restart()
+
+    def restart(self) -> None:
+        """Count the next interval from now (a record was just yielded)."""
+        self.last = time.perf_counter()
+
+    def due(self) -> bool:
+        if time.perf_counter() - self.last < self.interval:
+            return False
+        self.restart()
+        return True
+
+
+def paced(
+    work: Generator[float, None, R],
+    pacer: Pacer,
+    amount: float,
+    span: tuple[int, int],
+    total: int,
+    stage: str = "features",
+    **extra: Any,
+) -> Generator[Progress, None, R]:
+    """Records from a job that yields its work in small increments (``amount`` in all, e.g.
+    FLOPs): ``step`` moves over ``span`` (units done before, after) of ``total`` as the work
+    gets done. A record when ``pacer`` says one is due, and one at the end."""
+    done = 0.0
+    while True:
+        try:
+            done += next(work)
+        except StopIteration as stop:
+            pacer.restart()
+            yield {"stage": stage, "step": span[1], "total": total, **extra}
+            return stop.value
+        if pacer.due():
+            step = span[0] + int((span[1] - span[0]) * min(done / max(amount, 1.0), 1.0))
+            yield {"stage": stage, "step": step, "total": total, **extra}

@@ -108,7 +108,10 @@ def lookup(
     device: str | torch.device = "auto",
 ) -> FeatureStore | None:
     """The complete entry for these inputs, or None. A damaged entry is removed and missed."""
-    path = Path(root or default_root()) / cache_key(model, cube, spec, device)
+    return _open(Path(root or default_root()) / cache_key(model, cube, spec, device))
+
+
+def _open(path: Path) -> FeatureStore | None:
     if not (path / "meta.json").is_file():
         return None
     try:
@@ -116,6 +119,15 @@ def lookup(
     except (OSError, ValueError, KeyError):
         shutil.rmtree(path, ignore_errors=True)
         return None
+
+
+def _iter_flush(arrays: list[np.memmap], chunk: int = 64 << 20) -> Generator[Progress, None, None]:
+    """Write memory-mapped arrays to disk a chunk at a time (``msync`` of a range), with a
+    record after each: a whole-scene ``paper`` entry is gigabytes, seconds of disk writes."""
+    ranges = [(arr.base, off) for arr in arrays for off in range(0, len(arr.base), chunk)]
+    for i, (mm, off) in enumerate(ranges):
+        mm.flush(off, min(chunk, len(mm) - off))
+        yield {"stage": "saving features", "step": i + 1, "total": len(ranges)}
 
 
 def iter_build(
@@ -129,12 +141,13 @@ def iter_build(
     """Whole-scene dense features into the cache (a hit returns at once) -> the entry."""
     spec = spec or FeatureSpec()
     root = Path(root or default_root())
-    hit = lookup(model, cube, spec, root, device)
+    H, W = cube.data.shape[:2]
+    yield {"stage": "features", "step": 0, "total": H * W}  # hashing the inputs takes a moment
+    key = cache_key(model, cube, spec, device)
+    hit = _open(root / key)
     if hit is not None:
         yield {"stage": "features", "step": 1, "total": 1, "cached": True}
         return hit
-    key = cache_key(model, cube, spec, device)
-    H, W = cube.data.shape[:2]
     shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
     with atomic_dir(root / key) as tmp:
         out = {
@@ -147,8 +160,7 @@ def iter_build(
             out["centre"][rs, cs], out["global"][rs, cs] = c, g
 
         yield from iter_scene(model, cube, spec, sink, device, memory_mb)
-        for arr in out.values():
-            arr.flush()
+        yield from _iter_flush(list(out.values()))
         out.clear()  # close the maps before the directory is renamed
         meta = {
             "format": FORMAT_VERSION,

@@ -18,18 +18,26 @@ neighbourhood window fits in the tile, so U-Net edge effects stay away from the 
 
 Memory is bounded by the tile: the cube is read and preprocessed one tile at a time, and each
 tile's features go to a sink (an on-disk cache, a classifier) before the next tile is computed.
+Time is cut finer than the tile: passes pause after each U-Net layer and are sized so that a
+layer takes a fraction of a second, so progress records (and a napari Stop) come at least once a
+second (docs/features.md, "Progress and Stop").
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Generator, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable, Generator, Iterator, Sequence
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from ._progress import Progress, forward
+from . import _unet_passes as passes
+from ._feature_spec import DEFAULT_STAGES as DEFAULT_STAGES
+from ._feature_spec import DEFAULT_TIMESTEPS as DEFAULT_TIMESTEPS
+from ._feature_spec import FeatureSpec as FeatureSpec
+from ._progress import Pacer, Progress, paced, run
+from ._unet_passes import effective_bf16 as effective_bf16
 from .errors import InputError
 
 if TYPE_CHECKING:
@@ -38,76 +46,7 @@ if TYPE_CHECKING:
     from .io import Cube
     from .model import DiffusionModel
 
-DEFAULT_TIMESTEPS: tuple[int, ...] = tuple(range(50, 1000, 50))
-DEFAULT_STAGES: tuple[int, ...] = (0, 1, 2, 3, 5)
 _NOISE_BLOCK = 64  # the dense noise field is drawn in blocks of this size, each from its own seed
-
-
-@dataclasses.dataclass(frozen=True)
-class FeatureSpec:
-    """What a feature is and how it is computed. Everything here enters the cache key.
-
-    ``tile`` is the dense U-Net input size (pixels, rounded up to the U-Net's stride); ``margin``
-    the context kept beyond each pixel's window inside a tile; ``bf16`` allows bf16 autocast
-    where it pays (see ``device.use_bf16``; features then differ from fp32 in the third digit).
-    ``noise_draws`` noise fields are averaged, at that many U-Net passes: the paper draws one;
-    three gave 0.1-0.25 points more OA on Indian Pines (docs/features.md, "Noise draws").
-    """
-
-    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
-    stages: tuple[int, ...] = DEFAULT_STAGES
-    mode: Literal["dense", "patch"] = "dense"
-    tile: int = 256
-    margin: int = 16
-    noise_seed: int = 0
-    bf16: bool = True
-    noise_draws: int = 3
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("dense", "patch"):
-            raise InputError(f"feature mode must be 'dense' or 'patch', not {self.mode!r}")
-        if not self.timesteps or not self.stages:
-            raise InputError("at least one timestep and one stage are needed")
-        object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
-        object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
-        if int(self.noise_draws) < 1:
-            raise InputError(f"noise_draws must be at least 1, got {self.noise_draws}")
-        object.__setattr__(self, "noise_draws", int(self.noise_draws))
-        if self.tile < 16 or self.margin < 0:
-            raise InputError(
-                f"tile must be >= 16 and margin >= 0 (got tile={self.tile}, margin={self.margin})"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
-        d = {"noise_draws": 1, **d}  # written before noise_draws existed: one draw
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
-
-    def validate(self, model: DiffusionModel) -> None:
-        T = model.schedule.T
-        bad_t = [t for t in self.timesteps if not 0 <= t < T]
-        if bad_t:
-            raise InputError(f"timesteps {bad_t} are outside the schedule's range 0..{T - 1}")
-        n_blocks = len(model.unet.output_blocks)
-        bad_s = [s for s in self.stages if not 0 <= s < n_blocks]
-        if bad_s:
-            raise InputError(
-                f"stages {bad_s} do not exist: this U-Net has decoder blocks 0..{n_blocks - 1}"
-            )
-
-
-def effective_bf16(
-    model: DiffusionModel, spec: FeatureSpec, device: str | torch.device = "auto"
-) -> bool:
-    """Whether features are computed under bf16 autocast: allowed by ``spec.bf16`` and paying on
-    this device for this network (``device.use_bf16``). Part of the cache key."""
-    from .device import resolve_device, use_bf16
-
-    dev = resolve_device(device) if isinstance(device, str) else device
-    return bool(spec.bf16 and use_bf16(dev, model.unet.config.model_channels))
 
 
 def feature_dim(model: DiffusionModel, spec: FeatureSpec) -> int:
@@ -162,134 +101,11 @@ def noise_field(C: int, r0: int, c0: int, h: int, w: int, seed: int) -> np.ndarr
     return out
 
 
-# --------------------------------------------------------------------------------------------
-# The U-Net pass: noised inputs at every timestep -> upsampled stage maps -> centre and global.
-
-
-def _axis_operators(
-    n_in: int, n_out: int, served: slice, window: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis of a tile: the rows of the bilinear upsampling ``n_in -> n_out``
-    (``F.interpolate``, ``align_corners=False``) at the served pixels, and of the mean of that
-    upsampled axis over each served pixel's ``window``: two ``(n_served, n_in)`` matrices.
-
-    Upsampling and box mean are linear and separable, so a stage map ``M (.., n_in, n_in)``
-    gives its centre features as ``Rc M Cc^T`` and its global features as ``Rg M Cg^T``: small
-    matrix products that never build the full-size upsampled map (most of a tile's work
-    otherwise: a 228 x 228 map of every channel, for 145 x 145 served pixels).
-    """
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(n_in, dtype=torch.float64).unsqueeze(0)  # source positions as channels
-    up = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T  # (n_out, n_in)
-    c = F.pad(up.cumsum(0), (0, 0, 1, 0))
-    box = (c[window:] - c[:-window]) / window  # row j: mean of upsampled rows j .. j + window - 1
-    start = served.start - window // 2  # a served pixel's window starts window // 2 before it
-    glob = box[start : start + served.stop - served.start]
-    return up[served].float(), glob.float()
-
-
-def _separable(m: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``rows M cols^T`` for every map of ``m (nt, Cs, hs, ws)``, as an ``(h, w, nt, Cs)`` view
-    (the caller's one copy into the feature array does the transpose).
-
-    Computed channels-last (the U-Net's own layout), rows first: one large matmul per
-    timestep, then a batched one; 1.6x faster than along the contiguous layout here.
-    """
-    import torch
-
-    nt, cs, hs, ws = m.shape
-    m = m.permute(0, 2, 3, 1).float()  # (nt, hs, ws, Cs): contiguous for a channels-last map
-    t = torch.stack([rows @ m[i].reshape(hs, ws * cs) for i in range(nt)])  # (nt, h, ws * Cs)
-    t = t.view(nt, rows.shape[0], ws, cs)
-    return torch.matmul(cols, t).permute(1, 2, 0, 3)  # (nt, h, w, Cs) -> (h, w, nt, Cs)
-
-
-class _Runner:
-    """Runs the U-Net for one spec on one device: timesteps batched under a memory budget,
-    bf16 autocast where it pays, channels-last."""
-
-    def __init__(
-        self,
-        model: DiffusionModel,
-        spec: FeatureSpec,
-        device: str | torch.device,
-        memory_mb: float = 2048,
-    ):
-        import torch
-
-        from .device import resolve_device
-
-        spec.validate(model)
-        self.model, self.spec, self.memory_mb = model, spec, memory_mb
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.bf16 = effective_bf16(model, spec, self.device)
-        self.unet = model.unet.to(self.device).eval()
-        self.window = int(model.patch_size)
-        ab = torch.as_tensor(np.asarray(model.schedule.alphas_cumprod), dtype=torch.float64)
-        t = torch.as_tensor(spec.timesteps)
-        self.sqrt_ab = ab[t].sqrt().float().to(self.device)
-        self.sqrt_1mab = (1 - ab[t]).sqrt().float().to(self.device)
-        self.t = t.to(self.device)
-        self.channels = list(model.unet.stage_channels(spec.stages))
-        self.D = sum(self.channels)
-        self.multiple = 2 ** (len(model.unet.config.channel_mult) - 1)
-
-    def batch(self, n_images: int, h: int, w: int) -> int:
-        """Timesteps per forward pass so that activations and one upsampled stage fit the budget.
-
-        Per noised image: the U-Net keeps ~3 skip tensors per resolution level plus a few working
-        ones (~16 maps of ``model_channels`` at full size, in bf16 or fp32), and the float32
-        upsampled stage with its box-mean temporaries (~3 maps of the widest stage).
-        """
-        mc = self.model.unet.config.model_channels
-        per_image = h * w * 4 * (16 * mc + 3 * max(self.channels))
-        fit = int(self.memory_mb * 2**20 // max(per_image * n_images, 1))
-        return max(1, min(len(self.spec.timesteps), fit))
-
-    def stage_maps(self, x0: torch.Tensor, noise: torch.Tensor, ti: slice) -> list[torch.Tensor]:
-        """x0, noise (n, C, h, w); timesteps ``ti`` -> raw stage outputs, (n * nt, Cs, hs, ws) each."""
-        import torch
-
-        from .device import autocast
-
-        n = x0.shape[0]
-        nt = ti.stop - ti.start
-        a = self.sqrt_ab[ti].view(1, nt, 1, 1, 1)
-        b = self.sqrt_1mab[ti].view(1, nt, 1, 1, 1)
-        xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)
-        t = self.t[ti].repeat(n)
-        xt = xt.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast(self.device, enabled=self.bf16):
-            return self.unet.forward_features(xt, t, self.spec.stages)
-
-
-def _mean_over_draws(m: torch.Tensor, draws: int) -> torch.Tensor:
-    """Stage maps of ``draws`` noise draws, draw-major ``(draws * k, Cs, hs, ws)`` -> their mean
-    ``(k, Cs, hs, ws)`` in float32, in the maps' memory format (channels-last)."""
-    import torch
-
-    if draws == 1:
-        return m
-    parts = m.view(draws, -1, *m.shape[1:])
-    mean = parts[0].to(torch.float32, copy=True)
-    for part in parts[1:]:
-        mean.add_(part)
-    return mean.div_(draws)
-
-
-def _upsample(m: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.interpolate(m.float(), size=(h, w), mode="bilinear", align_corners=False)
-
-
 def _iter_patch_features(
-    runner: _Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray, chunk: int = 32
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    runner: passes.Runner, model: DiffusionModel, cube: Cube, coords: np.ndarray
+) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """The reference: one window per pixel (pixel at index window // 2), one fixed noise patch
-    (per draw)."""
+    (per draw). Yields FLOPs of work as they are done."""
     import torch
 
     spec, P, draws = runner.spec, runner.window, runner.spec.noise_draws
@@ -300,9 +116,9 @@ def _iter_patch_features(
     ]
     centre = np.empty((len(coords), nT, runner.D), np.float16)
     glob = np.empty_like(centre)
-    bt = runner.batch(chunk * draws, P, P)
-    total = math.ceil(len(coords) / chunk) * math.ceil(nT / bt)
-    step = 0
+    fit = runner.images_per_pass(P, P)
+    chunk = min(32, max(1, fit // draws))
+    bt = max(1, min(runner.batch(chunk * draws, P, P), fit // (chunk * draws)))
     for i in range(0, len(coords), chunk):
         cs = coords[i : i + chunk]
         n = len(cs)
@@ -312,16 +128,14 @@ def _iter_patch_features(
         for t0 in range(0, nT, bt):
             ti = slice(t0, min(t0 + bt, nT))
             d0 = 0
-            for m in runner.stage_maps(x0, noise, ti):
-                up = _upsample(_mean_over_draws(m, draws), P, P).view(
+            for m in (yield from runner.iter_stage_maps(x0, noise, ti)):
+                up = passes.upsample(passes.mean_over_draws(m, draws), P, P).view(
                     n, ti.stop - t0, m.shape[1], P, P
                 )
                 d1 = d0 + m.shape[1]
                 centre[i : i + n, ti, d0:d1] = up[..., P // 2, P // 2].cpu().numpy()
                 glob[i : i + n, ti, d0:d1] = up.mean((-2, -1)).cpu().numpy()
                 d0 = d1
-            step += 1
-            yield {"stage": "features", "step": step, "total": total, "mode": "patch"}
     return centre, glob
 
 
@@ -374,12 +188,55 @@ def plan_tiles(
     return tiles
 
 
+def _iter_empty(
+    shape: tuple[int, ...], chunk_bytes: int = 32 << 20
+) -> Generator[float, None, np.ndarray]:
+    """A float16 array whose memory is touched a chunk at a time. Fresh memory costs when first
+    written (the kernel zeroes each page, ~1 s per GB on this project's machine), and the first
+    timestep's features touch every page of a tile's arrays at once: seconds inside one step
+    for the ``paper`` preset's 2 GB, unless paid here between pauses. Yields no FLOPs."""
+    out = np.empty(shape, np.float16)
+    flat = out.reshape(-1)
+    step = max(1, chunk_bytes // flat.itemsize)
+    for i in range(0, flat.size, step):
+        flat[i : i + step] = 0
+        yield 0.0
+    return out
+
+
+def _bands(
+    tile: Tile, centre: np.ndarray, glob: np.ndarray, max_bytes: int = 32 << 20
+) -> Iterator[tuple[Tile, np.ndarray, np.ndarray]]:
+    """A tile's features as bands of rows of at most ``max_bytes`` each, for the sink: copying
+    a ``paper`` tile's 2 GB into a memory-mapped file at once takes seconds."""
+    rows = max(1, max_bytes // max(centre[0].nbytes, 1))
+    for r in range(0, centre.shape[0], rows):
+        r1 = min(r + rows, centre.shape[0])
+        band = dataclasses.replace(tile, rows=(tile.rows[0] + r, tile.rows[0] + r1))
+        yield band, centre[r:r1], glob[r:r1]
+
+
+def _tile_flops(runner: passes.Runner, tile: Tile) -> float:
+    """The work of one tile: every U-Net pass and the features read from its stage maps."""
+    layers, stage_shapes = runner.probe(tile.h, tile.w)
+    h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+    per_timestep = sum(layers) * runner.spec.noise_draws + passes.post_flops(stage_shapes, h, w)
+    return per_timestep * len(runner.spec.timesteps)
+
+
 def _iter_tile(
-    runner: _Runner, model: DiffusionModel, cube: Cube, tile: Tile, mask: np.ndarray | None = None
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    runner: passes.Runner,
+    model: DiffusionModel,
+    cube: Cube,
+    tile: Tile,
+    mask: np.ndarray | None = None,
+) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
     """Features of the pixels a tile serves -> centre, glob (h, w, T, D) float16.
 
     ``mask`` (h, w) limits the returned rows to the pixels wanted (then arrays are (n, T, D)).
+    Yields FLOPs of work as they are done (``_tile_flops`` in all). A pass holds the draws and
+    timesteps that fit ``runner.images_per_pass``; the draws' stage maps are summed in draw
+    order whether they ran in one pass or several.
     """
     import torch
 
@@ -397,22 +254,37 @@ def _iter_tile(
     ci = slice(tile.cols[0] - tile.c0, tile.cols[1] - tile.c0)
     h, w = ri.stop - ri.start, ci.stop - ci.start
     shape = (h, w, nT, runner.D) if mask is None else (int(mask.sum()), nT, runner.D)
-    centre = np.empty(shape, np.float16)
-    glob = np.empty(shape, np.float16)
+    centre = yield from _iter_empty(shape)
+    glob = yield from _iter_empty(shape)
     outputs = (torch.from_numpy(centre), torch.from_numpy(glob))  # views: writes land in both
     sel = None if mask is None else torch.from_numpy(mask.reshape(-1)).to(runner.device)
-    bt = runner.batch(draws, tile.h, tile.w)
-    n_batches = math.ceil(nT / bt)
+    fit = runner.images_per_pass(tile.h, tile.w)
+    per_pass = min(draws, fit)  # draws per pass
+    bt = max(1, min(runner.batch(per_pass, tile.h, tile.w), fit // per_pass))
+    stage_shapes = runner.probe(tile.h, tile.w)[1]
     ops: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}  # (hs, ws) -> Rc, Rg, Cc, Cg
-    for k, t0 in enumerate(range(0, nT, bt)):
+    for t0 in range(0, nT, bt):
         ti = slice(t0, min(t0 + bt, nT))
+        maps: list[torch.Tensor] = []
+        for g0 in range(0, draws, per_pass):
+            g = slice(g0, min(g0 + per_pass, draws))
+            out = yield from runner.iter_stage_maps(x0[g], noise[g], ti)
+            if draws == 1:
+                maps = out
+            else:
+                into = maps or [None] * len(out)
+                maps = [
+                    passes.sum_draws(m, g.stop - g.start, s)
+                    for m, s in zip(out, into, strict=True)
+                ]
         d0 = 0
-        for m in runner.stage_maps(x0, noise, ti):
-            m = _mean_over_draws(m, draws)
+        for m, stage_shape in zip(maps, stage_shapes, strict=True):
+            if draws > 1:
+                m = m.div_(draws)
             hs, ws = m.shape[-2:]
             if (hs, ws) not in ops:
-                r = _axis_operators(hs, tile.h, ri, P)
-                c = _axis_operators(ws, tile.w, ci, P)
+                r = passes.axis_operators(hs, tile.h, ri, P)
+                c = passes.axis_operators(ws, tile.w, ci, P)
                 ops[hs, ws] = tuple(o.to(runner.device) for o in (*r, *c))
             rc, rg, cc, cg = ops[hs, ws]
             d1 = d0 + m.shape[1]
@@ -421,12 +293,12 @@ def _iter_tile(
                 if full_size and not glob_:
                     f = m[:, :, ri, ci].permute(2, 3, 0, 1)
                 else:
-                    f = _separable(m, rg, cg) if glob_ else _separable(m, rc, cc)
+                    f = passes.separable(m, rg, cg) if glob_ else passes.separable(m, rc, cc)
                 if sel is not None:
                     f = f.reshape(h * w, *f.shape[2:])[sel]
                 out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
             d0 = d1
-        yield {"stage": "features", "step": k + 1, "total": n_batches}
+            yield passes.post_flops([stage_shape], h, w) * (ti.stop - t0)
     return centre, glob
 
 
@@ -438,17 +310,29 @@ def iter_scene(
     device: str | torch.device = "auto",
     memory_mb: float = 2048,
 ) -> Generator[Progress, None, None]:
-    """Dense features of every pixel, tile by tile, each handed to ``sink(tile, centre, glob)``."""
+    """Dense features of every pixel, tile by tile, each handed to ``sink(tile, centre, glob)``
+    in bands of rows (``tile.rows`` narrowed to the band).
+
+    Records count pixels: ``step`` of ``total`` (H x W), moving within a tile as its work gets
+    done, at least every ``Pacer`` interval plus one U-Net layer (docs/features.md, "Progress").
+    """
     if spec.mode != "dense":
         raise InputError("whole-scene features use mode='dense'; 'patch' is for sampled pixels")
-    runner = _Runner(model, spec, device, memory_mb)
+    runner = passes.Runner(model, spec, device, memory_mb)
     H, W = cube.data.shape[:2]
     tiles = plan_tiles(H, W, runner.window, spec, runner.multiple)
+    pacer, done = Pacer(), 0
     for i, tile in enumerate(tiles):
-        centre, glob = yield from forward(
-            _iter_tile(runner, model, cube, tile), tile=i, tiles=len(tiles)
-        )
-        sink(tile, centre, glob)
+        n = (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0])
+        where = {"tile": i, "tiles": len(tiles)}
+        work = _iter_tile(runner, model, cube, tile)
+        flops = _tile_flops(runner, tile)
+        centre, glob = yield from paced(work, pacer, flops, (done, done + n), H * W, **where)
+        done += n
+        for band in _bands(tile, centre, glob):
+            sink(*band)
+            if pacer.due():
+                yield {"stage": "features", "step": done, "total": H * W, **where}
 
 
 def iter_extract_pixels(
@@ -462,13 +346,19 @@ def iter_extract_pixels(
     """Features of the pixels at ``coords`` (N, 2) -> centre, glob (N, T, D) float16.
 
     Dense mode computes only the tiles that serve a wanted pixel. ``memory_mb`` bounds the
-    working memory of one forward pass (it sets how many timesteps run together).
+    working memory of one forward pass (it sets how many timesteps run together). Records count
+    the pixels computed: the wanted ones (patch), the served pixels of the tiles run (dense).
     """
     spec = spec or FeatureSpec()
     coords = _check_coords(coords, cube)
-    runner = _Runner(model, spec, device, memory_mb)
+    runner = passes.Runner(model, spec, device, memory_mb)
+    pacer = Pacer()
     if spec.mode == "patch":
-        return (yield from _iter_patch_features(runner, model, cube, coords))
+        P = runner.window
+        flops = len(coords) * spec.noise_draws * len(spec.timesteps) * sum(runner.probe(P, P)[0])
+        work = _iter_patch_features(runner, model, cube, coords)
+        n = len(coords)
+        return (yield from paced(work, pacer, flops, (0, n), n, mode="patch"))
     H, W = cube.data.shape[:2]
     centre = np.empty((len(coords), len(spec.timesteps), runner.D), np.float16)
     glob = np.empty_like(centre)
@@ -483,13 +373,18 @@ def iter_extract_pixels(
         )
         if inside.any():
             todo.append((tile, np.flatnonzero(inside)))
-    for i, (tile, idx) in enumerate(todo):
+    sizes = [(t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0]) for t, _ in todo]
+    done = 0
+    for i, ((tile, idx), n) in enumerate(zip(todo, sizes, strict=True)):
         h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
         local = np.zeros((h, w), bool)
         local[coords[idx, 0] - tile.rows[0], coords[idx, 1] - tile.cols[0]] = True
-        c, g = yield from forward(
-            _iter_tile(runner, model, cube, tile, local), tile=i, tiles=len(todo)
-        )
+        work = _iter_tile(runner, model, cube, tile, local)
+        c, g = yield from paced(
+            work, pacer, _tile_flops(runner, tile), (done, done + n), sum(sizes),
+            tile=i, tiles=len(todo),
+        )  # fmt: skip
+        done += n
         # _iter_tile returns the wanted pixels in raster order: match them back to coords
         order = np.flatnonzero(local.reshape(-1))
         flat = (coords[idx, 0] - tile.rows[0]) * w + (coords[idx, 1] - tile.cols[0])
@@ -507,7 +402,6 @@ def extract_pixels(
     callback: Callable[[Progress], object] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain-function form of :func:`iter_extract_pixels`."""
-    from ._progress import run
 
     return run(iter_extract_pixels(model, cube, coords, spec, device), callback)
 
@@ -522,7 +416,6 @@ def feature_map(
     kind: Literal["centre", "global"] = "centre",
 ) -> np.ndarray:
     """One (H, W, C_stage) float32 feature map of the whole scene, for the napari inspector."""
-    from ._progress import run
 
     base = spec or FeatureSpec()
     one = dataclasses.replace(base, timesteps=(int(timestep),), stages=(int(stage),), mode="dense")

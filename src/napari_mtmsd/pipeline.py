@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from .io import Cube
     from .model import DiffusionModel
 
-PREDICT_CHUNK = 8192  # pixels classified at once when reading cached features
+PREDICT_CHUNK = 2048  # pixels classified at once: a record (and a chance to stop) every ~0.5 s
 #: The largest purified scene ``iter_predict`` keeps for ``reuse`` (MB). Indian Pines (21,025
 #: pixels, 19 timesteps, k = 192, bf16) takes 307 MB.
 REUSE_MAX_MB = 1024

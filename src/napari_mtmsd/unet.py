@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +171,15 @@ class TimestepBlock(nn.ModuleList):
             x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
         return x
 
+    def iter_forward(
+        self, x: torch.Tensor, emb: torch.Tensor
+    ) -> Generator[None, None, torch.Tensor]:
+        """``forward``, pausing after each layer."""
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, ResBlock) else layer(x)
+            yield
+        return x
+
 
 class UNet(nn.Module):
     """Noise-prediction U-Net; ``output_blocks[i]`` are the decoder stages read as features."""
@@ -286,6 +295,32 @@ class UNet(nn.Module):
         found = {}
         for i, block in enumerate(self.output_blocks):
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
+            if i in wanted:
+                found[i] = h
+                if len(found) == len(wanted):
+                    break
+        return [found[int(s)] for s in stages]
+
+    def iter_forward_features(
+        self, x: torch.Tensor, t: torch.Tensor, stages: Sequence[int]
+    ) -> Generator[None, None, list[torch.Tensor]]:
+        """``forward_features`` one layer at a time: it pauses after each layer of each block, so
+        that feature extraction can report progress and stop within a pass (a ``paper`` pass
+        over a 228 x 228 tile takes seconds on a CPU). The same operations in the same order, but
+        module hooks do not fire."""
+        self._check_stages(stages)
+        self._check_input(x)
+        wanted = {int(s) for s in stages}
+        emb = self.time_embed(timestep_embedding(t, self.config.model_channels))
+        skips = []
+        h = x
+        for block in self.input_blocks:
+            h = yield from block.iter_forward(h, emb)
+            skips.append(h)
+        h = yield from self.middle_block.iter_forward(h, emb)
+        found = {}
+        for i, block in enumerate(self.output_blocks):
+            h = yield from block.iter_forward(torch.cat([h, skips.pop()], dim=1), emb)
             if i in wanted:
                 found[i] = h
                 if len(found) == len(wanted):
