@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, remove_ours, sweep, verify
 from ._progress import Progress
 from .features import FeatureSpec, Tile, effective_bf16, feature_dim, iter_scene
 
@@ -64,6 +64,7 @@ class FeatureStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        verify(self.path)  # altered or NaN-filled values are caught here, not classified
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.centre = np.load(self.path / "centre.npy", mmap_mode="r")
         self.glob = np.load(self.path / "global.npy", mmap_mode="r")
@@ -113,7 +114,7 @@ def lookup(
         return None
     try:
         return FeatureStore(path)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(path, ignore_errors=True)
         return None
 
@@ -129,6 +130,7 @@ def iter_build(
     """Whole-scene dense features into the cache (a hit returns at once) -> the entry."""
     spec = spec or FeatureSpec()
     root = Path(root or default_root())
+    sweep(root)  # what killed builds left behind
     hit = lookup(model, cube, spec, root, device)
     if hit is not None:
         yield {"stage": "features", "step": 1, "total": 1, "cached": True}
@@ -136,7 +138,7 @@ def iter_build(
     key = cache_key(model, cube, spec, device)
     H, W = cube.data.shape[:2]
     shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
-    with atomic_dir(root / key) as tmp:
+    with atomic_dir(root / key, kind="feature cache entry") as tmp:
         out = {
             name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float16, shape)
             for name in ("centre", "global")
@@ -192,6 +194,14 @@ def disk_usage(root: str | os.PathLike | None = None) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
-def clear(root: str | os.PathLike | None = None) -> None:
-    """Remove every entry (and any leftover of an interrupted write)."""
-    shutil.rmtree(Path(root or default_root()), ignore_errors=True)
+def clear(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove every entry and leftover of an interrupted write; nothing else -> what remains."""
+    return remove_ours(Path(root or default_root()), legacy=_is_entry)
+
+
+def _is_entry(path: Path) -> bool:
+    """An entry written before entries carried a marker: its meta.json names its own key."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("key") == path.name
+    except (OSError, ValueError, AttributeError):
+        return False

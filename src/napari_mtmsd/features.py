@@ -219,7 +219,7 @@ class _Runner:
     ):
         import torch
 
-        from .device import resolve_device
+        from .device import ThreadTuner, resolve_device
 
         spec.validate(model)
         self.model, self.spec, self.memory_mb = model, spec, memory_mb
@@ -235,6 +235,7 @@ class _Runner:
         self.channels = list(model.unet.stage_channels(spec.stages))
         self.D = sum(self.channels)
         self.multiple = 2 ** (len(model.unet.config.channel_mult) - 1)
+        self.tuner = ThreadTuner.for_device(self.device, probe=1, warmup=0)  # steps are long
 
     def batch(self, n_images: int, h: int, w: int) -> int:
         """Timesteps per forward pass so that activations and one upsampled stage fit the budget.
@@ -256,6 +257,7 @@ class _Runner:
 
         n = x0.shape[0]
         nt = ti.stop - ti.start
+        self.tuner.tick(n * nt * x0.shape[-2] * x0.shape[-1])
         a = self.sqrt_ab[ti].view(1, nt, 1, 1, 1)
         b = self.sqrt_1mab[ti].view(1, nt, 1, 1, 1)
         xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)
