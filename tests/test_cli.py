@@ -79,7 +79,7 @@ def test_help_shows_true_defaults(capsys):
     [
         (["info", "/nonexistent/cube.hdr"], "cube.hdr"),
         (["info", "sample:nothing"], "unknown sample"),
-        (["pretrain", SYN, "-o", "/tmp/x", "--steps", "0"], "steps"),
+        (["pretrain", SYN, "-o", "/nonexistent/model", "--steps", "0"], "steps"),
         (["evaluate", SYN, "--timesteps", "a,b"], "--timesteps"),
         (["update", SYN, "--classifier", "/nonexistent", "--labels", "/nonexistent.tif", "-o",
           "x"], "nonexistent"),

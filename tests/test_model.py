@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_mtmsd._atomic import MARKER
 from napari_mtmsd.errors import InputError, ModelFileError
 from napari_mtmsd.io import Cube
 from napari_mtmsd.model import CONFIG, FORMAT_VERSION, PREPROCESS, WEIGHTS, DiffusionModel
@@ -43,7 +44,7 @@ def saved(model, tmp_path):
 
 
 def test_round_trip_is_exact(model, saved, cube):
-    assert {p.name for p in saved.iterdir()} == {CONFIG, WEIGHTS, PREPROCESS}
+    assert {p.name for p in saved.iterdir()} == {CONFIG, WEIGHTS, PREPROCESS, MARKER}
     loaded = DiffusionModel.load(saved)
     a, b = model.unet.state_dict(), loaded.unet.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/ sample:synthetic.",
     )
     p.add_argument("--version", action="version", version=f"napari-mtmsd {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_info, _add_pretrain, _add_extract, _add_train, _add_update, _add_predict,
                 _add_evaluate, _add_cache, _add_demo):  # fmt: skip
@@ -39,6 +40,11 @@ Subparsers = Any  # argparse's _SubParsersAction
 
 def _command(sub: Subparsers, name: str, help: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=help, description=help)
+
+
+def _overwrite(sp: argparse.ArgumentParser) -> None:
+    help = "replace outputs napari-mtmsd wrote before (nothing else is ever replaced)"
+    sp.add_argument("--overwrite", action="store_true", help=help)
 
 
 def _common(sp: argparse.ArgumentParser, key: bool = True, device: bool = True) -> None:
@@ -76,6 +82,7 @@ def _add_pretrain(sub: Subparsers) -> None:
     sp.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     sp.add_argument("--compile", action="store_true", help="torch.compile the U-Net")
     _common(sp)
+    _overwrite(sp)
 
 
 def _add_extract(sub: Subparsers) -> None:
@@ -87,6 +94,7 @@ def _add_extract(sub: Subparsers) -> None:
     sp.add_argument("--pixels", default="all", help="'all' or 'labelled:GT_FILE'")
     _features(sp)
     _common(sp)
+    _overwrite(sp)
 
 
 def _add_train(sub: Subparsers) -> None:
@@ -100,6 +108,7 @@ def _add_train(sub: Subparsers) -> None:
     _features(sp)
     add_arguments(sp, ClassifierConfig, ("method", "k", "n_models", "epochs"))
     _common(sp)
+    _overwrite(sp)
 
 
 def _add_update(sub: Subparsers) -> None:
@@ -113,6 +122,7 @@ def _add_update(sub: Subparsers) -> None:
     _cache_dir(sp)
     add_arguments(sp, ClassifierConfig, ("method", "update_epochs", "n_models", "epochs"))
     _common(sp)
+    _overwrite(sp)
 
 
 def _add_predict(sub: Subparsers) -> None:
@@ -123,6 +133,7 @@ def _add_predict(sub: Subparsers) -> None:
     sp.add_argument("--format", default="tif", choices=("tif", "npy", "mat", "hdr"))
     _cache_dir(sp)
     _common(sp)
+    _overwrite(sp)
 
 
 def _add_evaluate(sub: Subparsers) -> None:
@@ -140,6 +151,7 @@ def _add_evaluate(sub: Subparsers) -> None:
     _features(sp)
     add_arguments(sp, ClassifierConfig, ("method", "k", "n_models", "epochs"))
     _common(sp)
+    _overwrite(sp)
 
 
 def _pretraining(sp: argparse.ArgumentParser, steps_help: str) -> None:
@@ -162,3 +174,4 @@ def _add_demo(sub: Subparsers) -> None:
     sp.add_argument("--split", default="random:0.1")
     _pretraining(sp, "pretraining steps (default: the preset's)")
     _common(sp, key=False)
+    _overwrite(sp)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ._progress import Progress
-from .device import autocast, bf16_supported, use_bf16
+from .device import ThreadTuner, autocast, bf16_supported, use_bf16
 from .errors import DeviceError
 from .model import RESUME, DiffusionModel
 from .preprocess import Preprocessor
@@ -89,6 +89,8 @@ class PretrainLoop:
         self.bf16 = bf16 and bf16_supported(dev)
         self.module = self._wrap(compile)
         self.elapsed0 = 0.0
+        # pretrain.py hands in an adaptive one (device.ThreadTuner); by itself the count stays
+        self.tuner = ThreadTuner.for_device(dev, torch.get_num_threads())
 
     def _wrap(self, compile: bool) -> torch.nn.Module:
         """The module that trains: DDP under torchrun, compiled when asked."""
@@ -119,6 +121,7 @@ class PretrainLoop:
         try:
             while self.step < total:
                 batch = self.s["batch_size"]
+                self.tuner.tick(batch)
                 loss = self._optimise(batch)
                 if loss is None:  # out of memory: the batch was halved
                     yield self._record(total, message=f"out of memory on {self.dev} with "
@@ -228,8 +231,12 @@ class PretrainLoop:
             "n_parameters": self.unet.n_parameters,
             "device": self.dev.type,
             # floating-point sums run in another order on another thread count: the same seed
-            # reproduces a model bit for bit only with the same number of threads
-            "num_threads": torch.get_num_threads() if self.dev.type == "cpu" else None,
+            # reproduces a model bit for bit only with the same, fixed, number of threads
+            "num_threads": None
+            if self.dev.type != "cpu"
+            else "adaptive"
+            if self.tuner.adaptive
+            else torch.get_num_threads(),
             "preprocessing": {
                 "method": "pca+standardise",
                 "n_components": self.C,

@@ -301,6 +301,13 @@ def cube_layers(cube: Cube, preview: bool = True, map_coords: bool = False) -> l
     return layers
 
 
+def _classes_shown(labels: LabelMap) -> list[int]:
+    """Class ids present in the map (ids are bounded, so a count is one pass) and named ones."""
+    counts = np.bincount(np.asarray(labels.data).ravel().astype(np.int64, copy=False))
+    named = range(1, len(labels.class_names or []) + 1)
+    return sorted({*(np.flatnonzero(counts[1:]) + 1).tolist(), *named})
+
+
 def labels_layer(labels: LabelMap, map_coords: bool = False) -> LayerData:
     """A Labels layer with class names in ``features`` and the file's colours when it has them;
     in map units when ``map_coords`` and the map is georeferenced on a grid."""
@@ -315,7 +322,7 @@ def labels_layer(labels: LabelMap, map_coords: bool = False) -> LayerData:
     if len(colors) < k + 1:
         colors = np.vstack([colors, default_colors(k)[len(colors) :]])
     color_dict: dict[int | None, Any] = {0: (0.0, 0.0, 0.0, 0.0), None: (0.5, 0.5, 0.5, 1.0)}
-    for i in range(1, k + 1):
+    for i in _classes_shown(labels):  # not every number up to the largest id
         color_dict[i] = (*(np.asarray(colors[i], dtype=float) / 255.0), 1.0)
     meta = {k_: _plain(v) for k_, v in labels.metadata.items()}
     meta.update(class_names=names[1:], colors=np.asarray(colors).tolist(), georef=labels.georef)

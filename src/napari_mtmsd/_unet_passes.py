@@ -96,7 +96,7 @@ class Runner:
     ):
         import torch
 
-        from .device import resolve_device
+        from .device import ThreadTuner, resolve_device
 
         spec.validate(model)
         self.model, self.spec, self.memory_mb = model, spec, memory_mb
@@ -115,6 +115,7 @@ class Runner:
         cpu = self.device.type == "cpu"
         self.unit_flops = UNIT_S * (CPU_FLOPS[self.bf16] if cpu else ACCEL_FLOPS)
         self._probes: dict[tuple[int, int], tuple[list[float], list[tuple[int, ...]]]] = {}
+        self.tuner = ThreadTuner.for_device(self.device, probe=1, warmup=0)  # steps are long
 
     def batch(self, n_images: int, h: int, w: int) -> int:
         """Timesteps per forward pass so that activations and one upsampled stage fit the budget.
@@ -150,6 +151,7 @@ class Runner:
 
         n = x0.shape[0]
         nt = ti.stop - ti.start
+        self.tuner.tick(n * nt * x0.shape[-2] * x0.shape[-1])
         a = self.sqrt_ab[ti].view(1, nt, 1, 1, 1)
         b = self.sqrt_1mab[ti].view(1, nt, 1, 1, 1)
         xt = (a * x0[:, None] + b * noise[:, None]).flatten(0, 1)

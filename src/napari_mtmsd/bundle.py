@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, verify
 from ._versioned import read_json, write_json
 from .errors import ModelFileError
 from .features import FeatureSpec
@@ -38,7 +38,7 @@ class ClassifierBundle:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, kind="classifier") as tmp:
             self.model.save(tmp / "model")
             self.classifier.save(tmp / "classifier")
             record = {
@@ -68,6 +68,9 @@ class ClassifierBundle:
         info = read_json(
             path / BUNDLE_FILE, BUNDLE_FORMAT, "a classifier directory", "train it again"
         )
+        if not isinstance(info.get("model_fingerprint"), str):
+            raise ModelFileError(f"{path / BUNDLE_FILE} is damaged: no model_fingerprint")
+        verify(path)  # every file of the bundle against its manifest, before anything is used
         model = DiffusionModel.load(path / "model", device=device)
         if model.fingerprint() != info["model_fingerprint"]:
             raise ModelFileError(
@@ -77,6 +80,9 @@ class ClassifierBundle:
         heads = FewLabelClassifier if info.get("method") == "few-label" else MTMSDClassifier
         classifier = heads.load(path / "classifier")
         meta = {k: v for k, v in info.items() if k not in _OWN_KEYS}
-        colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
-        spec = FeatureSpec.from_dict(info["spec"])
+        try:
+            colors = None if info.get("colors") is None else np.asarray(info["colors"], np.uint8)
+            spec = FeatureSpec.from_dict(info["spec"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFileError(f"{path / BUNDLE_FILE}: damaged spec or colours ({e})") from e
         return cls(model, spec, classifier, info.get("class_names"), colors, meta)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, remove_ours, sweep, verify
 from ._progress import Progress
 from .features import FeatureSpec, Tile, effective_bf16, feature_dim, iter_scene
 
@@ -64,6 +64,7 @@ class FeatureStore:
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        verify(self.path)  # altered or NaN-filled values are caught here, not classified
         self.meta = json.loads((self.path / "meta.json").read_text())
         self.centre = np.load(self.path / "centre.npy", mmap_mode="r")
         self.glob = np.load(self.path / "global.npy", mmap_mode="r")
@@ -116,7 +117,7 @@ def _open(path: Path) -> FeatureStore | None:
         return None
     try:
         return FeatureStore(path)
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         shutil.rmtree(path, ignore_errors=True)
         return None
 
@@ -143,13 +144,14 @@ def iter_build(
     root = Path(root or default_root())
     H, W = cube.data.shape[:2]
     yield {"stage": "features", "step": 0, "total": H * W}  # hashing the inputs takes a moment
+    sweep(root)  # what killed builds left behind
     key = cache_key(model, cube, spec, device)
     hit = _open(root / key)
     if hit is not None:
         yield {"stage": "features", "step": 1, "total": 1, "cached": True}
         return hit
     shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
-    with atomic_dir(root / key) as tmp:
+    with atomic_dir(root / key, kind="feature cache entry") as tmp:
         out = {
             name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float16, shape)
             for name in ("centre", "global")
@@ -204,6 +206,14 @@ def disk_usage(root: str | os.PathLike | None = None) -> int:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
-def clear(root: str | os.PathLike | None = None) -> None:
-    """Remove every entry (and any leftover of an interrupted write)."""
-    shutil.rmtree(Path(root or default_root()), ignore_errors=True)
+def clear(root: str | os.PathLike | None = None) -> list[Path]:
+    """Remove every entry and leftover of an interrupted write; nothing else -> what remains."""
+    return remove_ours(Path(root or default_root()), legacy=_is_entry)
+
+
+def _is_entry(path: Path) -> bool:
+    """An entry written before entries carried a marker: its meta.json names its own key."""
+    try:
+        return json.loads((path / "meta.json").read_text()).get("key") == path.name
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import classifier_file
+from ._atomic import verify
 from ._fit_loop import EnsembleTrainLoop, channel_stats, check_labels, continued, fresh, normalise
 from ._progress import Callback, Progress, run
 from ._weights import assign, empty
@@ -386,11 +387,13 @@ class MTMSDClassifier:
         raises ``ModelFileError`` naming the file."""
         config, tensors = classifier_file.read(path)
         try:
-            return cls._from_record(config, tensors)
+            self = cls._from_record(config, tensors)
         except (KeyError, TypeError, ValueError, RuntimeError, InputError) as exc:
             raise ModelFileError(
                 f"{path}: classifier files are inconsistent or incomplete ({exc})"
             ) from exc
+        verify(path)  # the weights' bytes, which a load that succeeds cannot check
+        return self
 
     @classmethod
     def _from_record(cls, config: dict, tensors: dict[str, torch.Tensor]) -> MTMSDClassifier:

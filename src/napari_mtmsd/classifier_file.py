@@ -25,7 +25,7 @@ def write(path: str | Path, record: dict[str, Any], tensors: dict[str, torch.Ten
     from safetensors.torch import save_file
 
     path = Path(path)
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, kind="classifier heads") as tmp:
         write_json(tmp / CONFIG_FILE, FORMAT_VERSION, {"format": FORMAT, **record,
                                                        "versions": versions()})  # fmt: skip
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})

@@ -1,23 +1,28 @@
 """The ``napari-mtmsd`` command line: the same jobs as the napari widgets, for scripts and batches.
 
-Inputs are a file path or ``sample:indian_pines`` / ``sample:synthetic``. Errors the user can fix
-print one line naming the file or value (exit status 2); Ctrl-C stops cleanly (130).
+Inputs are a file path or ``sample:indian_pines`` / ``sample:synthetic``. Any error prints one
+line naming the file or value (exit status 2; ``--debug`` shows the traceback instead); outputs
+never replace what napari-mtmsd did not write, and what it wrote only with ``--overwrite``;
+Ctrl-C stops cleanly (130).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import errors
 from ._cli_args import build_parser
 from ._text import parse_ints
 from .config import ClassifierConfig, PretrainConfig, from_arguments
-from .errors import InputError, MTMSDError
+from .errors import InputError
 
 
 def _run(gen: Any) -> Any:
@@ -48,10 +53,12 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(a: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
     from ._console import ProgressPrinter, fmt_s
     from .io import load_input
     from .pretrain import iter_pretrain
 
+    check_output_dir(a.output, overwrite=a.overwrite or a.resume)
     cube, _ = load_input(a.input, key=a.key)
     t0 = time.perf_counter()
     last: dict[str, Any] = {}
@@ -99,12 +106,13 @@ def _spec(a: argparse.Namespace) -> Any:
 
 
 def cmd_extract(a: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
     from .export import iter_export
     from .io import load_input, read_labels
-    from .model import DiffusionModel
 
+    check_output_dir(a.output, a.overwrite)
     cube, _ = load_input(a.input, key=a.key)
-    model = DiffusionModel.load(a.model)
+    model = _load_model(a.model)
     if a.pixels == "all":
         labels = None
     elif a.pixels.startswith("labelled:"):
@@ -119,13 +127,14 @@ def cmd_extract(a: argparse.Namespace) -> int:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from ._atomic import check_output_dir
     from .io import load_input, read_labels
-    from .model import DiffusionModel
     from .pipeline import iter_train
 
+    check_output_dir(a.output, a.overwrite)
     cube, _ = load_input(a.input, key=a.key)
     labels = read_labels(a.labels, key=a.labels_key)
-    model = DiffusionModel.load(a.model)
+    model = _load_model(a.model)
     model.config["path"] = str(a.model)
     bundle = _run(
         iter_train(
@@ -152,10 +161,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .pipeline import iter_predict
 
     bundle = ClassifierBundle.load(a.classifier)
-    for inp in a.inputs:
-        cube, _ = load_input(inp, key=a.key)
+    cubes = {inp: load_input(inp, key=a.key)[0] for inp in dict.fromkeys(a.inputs)}  # lazy
+    stems = _prediction_stems(cubes, Path(a.output), a.format, a.overwrite)
+    for inp, cube in cubes.items():
         class_map, confidence = _run(iter_predict(bundle, cube, a.device, a.cache_dir))
-        stem = cube.name.replace(" ", "_").replace("/", "_")
+        stem = stems[inp]
         path, conf, note = write_prediction(
             a.output, stem, a.format, class_map, confidence, bundle.class_names, bundle.colors,
             cube.georef,
@@ -164,6 +174,44 @@ def cmd_predict(a: argparse.Namespace) -> int:
         if note:
             print(f"note: {note}")
     return 0
+
+
+def _prediction_stems(
+    cubes: dict[str, Any], out: Path, fmt: str, overwrite: bool
+) -> dict[str, str]:
+    """The file stem of each input's maps, before any work: two inputs of one name are refused
+    (not left to overwrite each other's maps), and so are existing maps without ``overwrite``."""
+    from ._atomic import check_output_file
+
+    stems: dict[str, str] = {}
+    for inp, cube in cubes.items():
+        stem = cube.name.replace(" ", "_").replace("/", "_")
+        other = next((i for i, s in stems.items() if s == stem), None)
+        if other is not None:
+            raise InputError(
+                f"{other} and {inp} would both write {stem}_classes.{fmt}: predict them into "
+                "different -o directories"
+            )
+        conf_ext = fmt if fmt in ("tif", "hdr") else "npy"
+        for name in (f"{stem}_classes.{fmt}", f"{stem}_confidence.{conf_ext}"):
+            check_output_file(out / name, overwrite)
+        stems[inp] = stem
+    return stems
+
+
+def _load_model(path: str) -> Any:
+    """The model in ``path``; an unfinished pretraining is said so (it is usable, but worse)."""
+    from .model import DiffusionModel
+
+    model = DiffusionModel.load(path)
+    cfg = model.config
+    if cfg.get("complete") is False:
+        print(
+            f"napari-mtmsd: warning: {path} is an unfinished pretraining (step {cfg.get('step')} "
+            f"of {cfg.get('total_steps')}); finish it with 'pretrain --resume -o {path}'",
+            file=sys.stderr,
+        )
+    return model
 
 
 def cmd_cache(a: argparse.Namespace) -> int:
@@ -175,8 +223,9 @@ def cmd_cache(a: argparse.Namespace) -> int:
         print(f"{e['size_mb']:10.1f} MB  {e['cube']} {e['shape']}  {e['path']}")
     print(f"{cache.disk_usage(root) / 2**20:10.1f} MB  in {root} ({len(entries)} entries)")
     if a.clear:
-        cache.clear(root)
-        print(f"cleared {root}")
+        kept = cache.clear(root)
+        note = f" (kept {len(kept)} items that are not cache entries)" if kept else ""
+        print(f"cleared {root}{note}")
     return 0
 
 
@@ -191,9 +240,13 @@ def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_update(a: argparse.Namespace) -> int:
     """The panel's Update from the command line: continue a saved classifier on new labels."""
+    from ._atomic import check_output_dir, check_output_file
     from .io import LabelMap, load_input, read_labels, write_labels
     from .workspace import Workspace
 
+    check_output_dir(a.output, a.overwrite)
+    if a.map:
+        check_output_file(a.map, a.overwrite)
     cube, _ = load_input(a.input, key=a.key)
     labels = read_labels(a.labels, key=a.labels_key)
     ws = Workspace(cube, device=a.device, cache_dir=a.cache_dir)
@@ -219,14 +272,14 @@ def cmd_update(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluation import iter_evaluate
     from .io import load_input, read_labels
-    from .model import DiffusionModel
 
+    _check_report_outputs(a.json, a.png, a.overwrite)
     cube, gt = load_input(a.input, key=a.key)
     if a.ground_truth:
         gt = read_labels(a.ground_truth)
     if gt is None:
         raise InputError(f"{a.input} brings no ground truth: give --ground-truth GT_FILE")
-    model = DiffusionModel.load(a.model) if a.model else None
+    model = _load_model(a.model) if a.model else None
     report = _run(
         iter_evaluate(
             cube,
@@ -251,11 +304,12 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     """The main job: the whole method on the embedded Indian Pines scene with the cpu preset."""
+    from ._atomic import check_output_dir, claim_dir
     from .evaluation import iter_evaluate
     from .samples import load_indian_pines
 
+    out = check_output_dir(a.output, a.overwrite)
     cube, gt = load_indian_pines()
-    out = Path(a.output)
     print(
         f"MTMSD demo: {cube.name} {cube.data.shape[0]}x{cube.data.shape[1]}x{cube.data.shape[2]}, "
         f"{len(gt.class_names or [])} classes, split {a.split} (seed {a.seed}), preset {a.preset}"
@@ -274,10 +328,22 @@ def cmd_demo(a: argparse.Namespace) -> int:
             class_names=gt.class_names,
         )
     )
+    claim_dir(out, "demo output")
     _show_report(report, out / "report.json", out, gt.class_names, gt.colors)
     report["bundle"].save(out / "classifier")
     print(f"classifier (with its diffusion model) -> {out / 'classifier'}")
     return 0
+
+
+def _check_report_outputs(json_path: str | None, png_dir: str | None, overwrite: bool) -> None:
+    """Before any work: the report and figures may be written where asked."""
+    from ._atomic import check_output_file
+
+    if json_path:
+        check_output_file(json_path, overwrite)
+    if png_dir:
+        for name in ("class_map.png", "confusion_matrix.png"):
+            check_output_file(Path(png_dir) / name, overwrite)
 
 
 def _show_report(
@@ -315,17 +381,20 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.debug:
+        return COMMANDS[args.command](args)
     try:
         return COMMANDS[args.command](args)
-    except MTMSDError as e:
-        print(f"napari-mtmsd {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, PermissionError) as e:
-        print(f"napari-mtmsd {args.command}: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"napari-mtmsd {args.command}: stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # stdout closed by the reader (`| head`): nothing left to say
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as e:  # the one place any error becomes a one-line message
+        print(f"napari-mtmsd {args.command}: error: {errors.describe(e)}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

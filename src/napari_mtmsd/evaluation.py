@@ -226,21 +226,24 @@ def _iter_baselines(
     out: dict[str, Any] = {}
     for i, name in enumerate(names):
         t0 = time.perf_counter()
-        if name == "linear":
-            model = bl.LinearProbe(k=k, seed=seed)
-            model.fit(*store.pixels(train_coords), y_train)
-            y_pred = model.predict(*store.pixels(test_coords))
-        elif name in ("svm", "rf"):
-            spectra = np.asarray(cube.data, dtype=np.float32)
-            x_train = spectra[train_coords[:, 0], train_coords[:, 1]]
-            x_test = spectra[test_coords[:, 0], test_coords[:, 1]]
-            cls = bl.SpectralSVM if name == "svm" else bl.SpectralRandomForest
-            model = cls(seed=seed)
-            model.fit(x_train, y_train)
-            y_pred = model.predict(x_test)
-        else:
+        if name not in ("linear", "svm", "rf"):
             raise InputError(f"unknown baseline {name!r}: choose from linear, svm, rf")
-        res = scores(y_test, y_pred, labels=labels)
+        try:  # a failing comparison is reported as failed; the rest of the report is kept
+            if name == "linear":
+                model = bl.LinearProbe(k=k, seed=seed)
+                model.fit(*store.pixels(train_coords), y_train)
+                y_pred = model.predict(*store.pixels(test_coords))
+            else:
+                spectra = np.asarray(cube.data, dtype=np.float32)
+                x_train = spectra[train_coords[:, 0], train_coords[:, 1]]
+                x_test = spectra[test_coords[:, 0], test_coords[:, 1]]
+                cls = bl.SpectralSVM if name == "svm" else bl.SpectralRandomForest
+                model = cls(seed=seed)
+                model.fit(x_train, y_train)
+                y_pred = model.predict(x_test)
+            res = scores(y_test, y_pred, labels=labels)
+        except Exception as e:  # sklearn, numpy and memory failures alike
+            res = {"failed": f"{type(e).__name__}: {e}"}
         res["time_s"] = round(time.perf_counter() - t0, 2)
         out[name] = res
         yield {"stage": "baselines", "step": i + 1, "total": len(names), "baseline": name}
@@ -262,6 +265,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [f"\n{'method':<26}{'OA':>8}{'AA':>8}{'kappa':>8}"]
     for name, r in rows:
         label = BASELINE_NAMES.get(name, name)
+        if "failed" in r:
+            lines.append(f"{label:<26}  failed: {r['failed']}")
+            continue
         lines.append(f"{label:<26}{r['oa']:8.2f}{r['aa']:8.2f}{r['kappa']:8.2f}")
     lines.append(
         f"\ntrain pixels {report['n_train']}, test pixels {report['n_test']} (scored on test only)"

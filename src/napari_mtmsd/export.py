@@ -38,7 +38,7 @@ def iter_export(
     from .features import iter_extract_pixels
 
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, kind="features") as tmp:
         if labels is None:
             if spec.mode != "dense":
                 raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")

@@ -221,7 +221,7 @@ class FewLabelClassifier:
         from ._versioned import versions, write_json
 
         path = Path(path)
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, kind="few-label classifier") as tmp:
             record = {"format": FORMAT, "classes": self.classes_.tolist(), "versions": versions()}
             write_json(tmp / RECORD_FILE, FORMAT_VERSION, record)
             save_file(self.to_arrays(), str(tmp / ARRAYS_FILE), metadata={"format": FORMAT})
@@ -233,6 +233,7 @@ class FewLabelClassifier:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
+        from ._atomic import verify
         from ._versioned import read_json
 
         path = Path(path)
@@ -245,6 +246,7 @@ class FewLabelClassifier:
             raise ModelFileError(f"{path / ARRAYS_FILE}: missing or damaged ({exc})") from exc
         if clf.classes_.tolist() != record.get("classes"):
             raise ModelFileError(f"{path}: its arrays and its record name other classes")
+        verify(path)  # the arrays' bytes, which a load that succeeds cannot check
         return clf
 
 

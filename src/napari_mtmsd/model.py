@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._atomic import atomic_dir
+from ._atomic import atomic_dir, restore, verify
 from ._versioned import read_json
 from ._weights import assign, empty
 from .errors import InputError, ModelFileError
@@ -58,6 +58,45 @@ def _hash_tensors(h: Any, tensors: dict[str, Any]) -> None:
         arr = np.ascontiguousarray(arr)
         h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
         h.update(arr.tobytes())
+
+
+#: Accepted ranges of config.json values: every preset sits well inside, and a value outside
+#: (T = 1e9, a million res blocks) would allocate or build without end before any check.
+RANGES: dict[str, tuple[int, int]] = {
+    "in_channels": (1, 1024),
+    "model_channels": (1, 1024),
+    "num_res_blocks": (1, 16),
+    "num_heads": (1, 64),
+    "norm_groups": (1, 256),
+    "patch_size": (2, 1024),
+    "T": (2, 100_000),
+    "n_bands": (1, 100_000),
+}
+
+
+def _check_ranges(cfg: dict, cfg_path: Path) -> None:
+    """ModelFileError naming the first value of ``config.json`` outside its range or shape."""
+    arch, sched = cfg["architecture"], cfg["schedule"]
+    values = {**arch, "T": sched.get("T"), "n_bands": cfg.get("n_bands")}
+    for key, (lo, hi) in RANGES.items():
+        v = values.get(key)
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise ModelFileError(f"{cfg_path}: {key} = {v!r}, expected an integer in {lo}..{hi}")
+    mult, attn = arch.get("channel_mult"), arch.get("attention_resolutions", [])
+    for key, seq, most in (("channel_mult", mult, 16), ("attention_resolutions", attn, 2**8)):
+        ok = isinstance(seq, list) and len(seq) <= 8 and (key != "channel_mult" or seq)
+        if not (ok and all(isinstance(m, int) and 1 <= m <= most for m in seq)):
+            raise ModelFileError(
+                f"{cfg_path}: {key} = {seq!r}, expected a list of at most 8 integers in 1..{most}"
+            )
+    mc = arch["model_channels"]
+    for key in ("norm_groups", "num_heads"):
+        if mc % arch[key]:
+            raise ModelFileError(f"{cfg_path}: model_channels {mc} is not divisible by {key}")
+    if sched.get("kind") not in ("cosine", "linear"):
+        raise ModelFileError(
+            f"{cfg_path}: schedule kind {sched.get('kind')!r}, expected cosine or linear"
+        )
 
 
 class DiffusionModel:
@@ -154,7 +193,7 @@ class DiffusionModel:
 
         path = Path(path)
         state = {k: v.detach().cpu().contiguous() for k, v in self.unet.state_dict().items()}
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, kind="model") as tmp:
             save_torch(state, str(tmp / WEIGHTS))
             save_numpy(self.preprocessor.to_arrays(), str(tmp / PREPROCESS))
             files = [WEIGHTS, PREPROCESS]
@@ -170,6 +209,7 @@ class DiffusionModel:
     def read_config(cls, path: str | os.PathLike) -> dict:
         """Parse and check ``config.json`` of a model directory."""
         path = Path(path)
+        restore(path)
         if not path.is_dir():
             raise ModelFileError(f"model directory {path} does not exist")
         cfg_path = path / CONFIG
@@ -179,6 +219,7 @@ class DiffusionModel:
         for key in ("architecture", "schedule", "files"):
             if not isinstance(cfg.get(key), dict):
                 raise ModelFileError(f"{cfg_path} lacks the {key!r} section")
+        _check_ranges(cfg, cfg_path)
         return cfg
 
     @classmethod
@@ -236,6 +277,7 @@ class DiffusionModel:
                 f"{pre_file} maps {pre.n_bands} bands to {pre.n_components} components, but "
                 f"{CONFIG} says {cfg.get('n_bands')} bands and {unet_cfg.in_channels} components"
             )
+        verify(path)  # config.json too, and anything else the save wrote
         unet.eval()
         keep = {k: v for k, v in cfg.items() if k != "files"}
         keep["path"] = str(path)

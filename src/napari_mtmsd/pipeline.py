@@ -128,6 +128,7 @@ def iter_train(
     """
     from .classifier import MTMSDClassifier
     from .fewlabel import resolve_method
+    from .io._types import check_class_ids
 
     spec = spec or FeatureSpec()
     labels = np.asarray(labels)
@@ -136,6 +137,7 @@ def iter_train(
             f"training labels are {labels.shape[0]} x {labels.shape[1]} but the cube "
             f"{cube.name!r} is {cube.data.shape[0]} x {cube.data.shape[1]}"
         )
+    check_class_ids(labels, "training labels")
     coords, y = labelled_pixels(labels)
     if len(np.unique(y)) < 2:
         raise InputError(

@@ -27,11 +27,12 @@ from typing import Any
 
 import torch
 
+from ._atomic import restore
 from ._console import run_with_bar
 from ._pretrain_loop import Dist, PretrainLoop, Run
 from ._progress import Callback
 from .config import PRESETS as PRESET_TABLE
-from .device import cpu_threads, resolve_device
+from .device import ThreadTuner, resolve_device
 from .errors import InputError, ModelFileError
 from .model import RESUME, DiffusionModel
 from .preprocess import Preprocessor, as_cube
@@ -96,7 +97,8 @@ def iter_pretrain(
     to it); ``batch_size`` is the global batch. ``precision``: ``"auto"`` (bf16 autocast where it
     pays, see ``use_bf16``), ``"bf16"`` (wherever supported) or ``"fp32"``. Checkpoints go to
     ``out_dir`` every ``checkpoint_every`` steps, at the end and when the generator is closed.
-    ``num_threads``: CPU threads while training (default: see ``device.cpu_threads``).
+    ``num_threads``: CPU threads while training (default: chosen and re-chosen from measured
+    step times, see ``device.ThreadTuner``; a fixed count makes a seed reproducible bit for bit).
     """
     cube = as_cube(cube)
     given = {
@@ -110,6 +112,8 @@ def iter_pretrain(
     if precision not in ("auto", "bf16", "fp32"):
         raise InputError(f"precision must be 'auto', 'bf16' or 'fp32', got {precision!r}")
     out_dir = Path(out_dir) if out_dir is not None else None
+    if out_dir is not None:
+        restore(out_dir)  # a checkpoint hidden by a kill mid-save is the one to resume
     if resume and out_dir is None:
         raise InputError("resume=True needs out_dir, the model directory to resume from")
 
@@ -117,8 +121,7 @@ def iter_pretrain(
     threads_before = torch.get_num_threads()
     try:
         dev = resolve_device(device)
-        if dev.type == "cpu":
-            torch.set_num_threads(cpu_threads(num_threads))
+        tuner = ThreadTuner.for_device(dev, num_threads)
         if dist_info.world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", dist_info.local_rank)
             torch.cuda.set_device(dev)
@@ -134,6 +137,7 @@ def iter_pretrain(
             precision,
             max_pixels,
             dist_info,
+            tuner,
         )
         if dist_info.world > 1:
             # rank 0 may still be writing the model: a rank that tore the group down meanwhile
@@ -163,6 +167,7 @@ def _train(
     precision: str,
     max_pixels: int,
     dist_info: Dist,
+    tuner: ThreadTuner,
 ) -> Generator[dict[str, Any], None, DiffusionModel]:
     """Set up the run (from the checkpoint in ``out_dir`` when resuming) and drive its loop."""
     source = {"name": str(cube.name), "shape": list(cube.shape), "sha256": cube.sha256()}
@@ -189,6 +194,7 @@ def _train(
                                                                           in_channels=n_comp))
         run = Run(preset, seed, settings, precision, out_dir, source, max_pixels, dist_info)
         loop = PretrainLoop(run, cube, parts, dev, compile)
+    loop.tuner = tuner
     return (yield from loop.run())
 
 

@@ -99,6 +99,28 @@ def _class_spectra(rng: np.random.Generator, n_classes: int, wl: np.ndarray) -> 
     return np.clip(spectra, 0.02, 0.95)
 
 
+#: sides of a synthetic scene: 1000 x 1000 takes seconds, this takes minutes
+MAX_SYNTHETIC_SIDE = 8192
+
+
+def _check_synthetic_size(height: int, width: int, bands: int, n_classes: int) -> None:
+    """ValueError before allocating a scene larger than a side bound or the memory at hand (the
+    cube, a distance per region seed and the labels, float32)."""
+    from .io._limits import memory_available
+
+    if max(height, width) > MAX_SYNTHETIC_SIDE or bands > 4096:
+        raise ValueError(
+            f"a synthetic scene is at most {MAX_SYNTHETIC_SIDE} x {MAX_SYNTHETIC_SIDE} pixels and "
+            f"4096 bands, got {height} x {width} x {bands}"
+        )
+    need = 4 * height * width * (2 * bands + 3 * n_classes + 2)
+    if need > memory_available() // 2:
+        raise ValueError(
+            f"a {height} x {width} x {bands} synthetic scene needs about {need / 2**30:.1f} GB, "
+            "more than this machine can spare now"
+        )
+
+
 def synthetic_scene(
     height: int = 64,
     width: int = 64,
@@ -121,6 +143,7 @@ def synthetic_scene(
         raise ValueError(f"n_classes must be in 1..255, got {n_classes}")
     if noise < 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
+    _check_synthetic_size(height, width, bands, n_classes)
     rng = np.random.default_rng(seed)
     wl = np.linspace(400.0, 2500.0, bands)
     spectra = _class_spectra(rng, n_classes, wl)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PRESETS as _PRESET_TABLE
+from .errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +253,7 @@ class UNet(nn.Module):
         n = len(self.output_blocks)
         bad = [s for s in stages if not 0 <= int(s) < n]
         if bad or not len(stages):
-            raise ValueError(
+            raise InputError(
                 f"stages must be a non-empty list of decoder blocks 0..{n - 1}, got {list(stages)}"
             )
 

@@ -18,7 +18,8 @@ import scipy.io as sio
 
 from .._atomic import atomic_path
 from ..errors import InputError
-from ._types import Cube, LabelMap, LazyArray
+from ._limits import check_memory, check_stored
+from ._types import MAX_CLASS_ID, Cube, LabelMap, LazyArray
 
 _NUMERIC = {
     "double", "single", "logical", "int8", "uint8", "int16", "uint16", "int32", "uint32",
@@ -100,17 +101,46 @@ def list_variables(path: Path) -> list[Var]:
         raise InputError(f"{path}: cannot read this MATLAB file ({e})") from e
 
 
+def _checked_h5(path: Path, ds: h5py.Dataset, lazy: bool) -> None:
+    """InputError for data stored outside the file, or a declared size the file cannot hold."""
+    what = f"variable {ds.name.lstrip('/')!r}"
+    if ds.is_virtual or ds.external:
+        where = "virtual dataset" if ds.is_virtual else "external storage"
+        raise InputError(
+            f"{path}: {what} points outside the file ({where}); only data inside the file is read"
+        )
+    nbytes = int(ds.size) * ds.dtype.itemsize
+    check_stored(path, what, nbytes, ds.id.get_storage_size())
+    if not (lazy and nbytes > LAZY_BYTES):
+        check_memory(path, what, nbytes)
+
+
+def _checked_v5(path: Path, name: str) -> None:
+    v = next((v for v in list_variables(path) if v.name == name), None)
+    if v is not None and v.numeric:
+        item = {"double": 8, "int64": 8, "uint64": 8, "single": 4, "int32": 4, "uint32": 4}
+        nbytes = v.size * item.get(v.mclass, 2)
+        check_stored(path, f"variable {name!r}", nbytes)
+        check_memory(path, f"variable {name!r}", nbytes)
+
+
 def _load(path: Path, name: str, lazy: bool = False) -> Any:
     """One variable in MATLAB order (v7.3 large arrays as a LazyArray keeping the file open)."""
     if version(path) == 73:
         f = _open_h5(path)
         ds = f[name]
+        try:
+            _checked_h5(path, ds, lazy)
+        except InputError:
+            f.close()
+            raise
         if lazy and ds.size * ds.dtype.itemsize > LAZY_BYTES:
             return LazyArray(ds)  # the dataset keeps the file open while the array lives
         try:
             return np.asarray(ds[()]).T
         finally:
             f.close()
+    _checked_v5(path, name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -207,12 +237,16 @@ def read_cube(path: Path, key: str | None = None) -> Cube:
 def _wavelengths(path: Path, variables: list[Var], n_bands: int) -> np.ndarray | None:
     for v in variables:
         if v.name.lower() in {"wavelength", "wavelengths", "wl", "lambda"} and v.size == n_bands:
-            return np.asarray(_load(path, v.name), dtype=np.float64).ravel()
+            try:  # text or cells in place of numbers: the cube is still good, without wavelengths
+                return np.asarray(_load(path, v.name), dtype=np.float64).ravel()
+            except (ValueError, TypeError):
+                return None
     return None
 
 
-def _as_labels(arr: np.ndarray) -> np.ndarray | None:
-    """An integer copy if ``arr`` looks like a class map (few non-negative integers), else None."""
+def _as_labels(arr: np.ndarray, max_values: int = MAX_LABEL_VALUES) -> np.ndarray | None:
+    """An integer copy if ``arr`` looks like a class map (at most ``max_values`` distinct
+    non-negative integers), else None."""
     arr = np.asarray(arr)
     if arr.ndim != 2 or min(arr.shape) < 2 or arr.dtype.kind not in "biuf":
         return None
@@ -222,7 +256,7 @@ def _as_labels(arr: np.ndarray) -> np.ndarray | None:
     if arr.size and arr.min() < 0:
         return None
     values = np.unique(arr)
-    if values.size > MAX_LABEL_VALUES or (values.size and values.max() > np.iinfo(np.int32).max):
+    if values.size > max_values or (values.size and values.max() > np.iinfo(np.int32).max):
         return None
     top = int(values.max()) if values.size else 0
     return arr.astype(np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32)
@@ -245,8 +279,12 @@ def _class_names(path: Path, variables: list[Var]) -> list[str] | None:
             if version(path) == 73:
                 with _open_h5(path) as f:
                     ds = f[v.name]
+                    _checked_h5(path, ds, lazy=False)
                     if ds.dtype == h5py.ref_dtype:
-                        return [_strings(np.asarray(f[r]).T)[0] for r in np.asarray(ds).ravel()]
+                        refs = [f[r] for r in np.asarray(ds).ravel()]
+                        for ref in refs:
+                            _checked_h5(path, ref, lazy=False)
+                        return [_strings(np.asarray(ref).T)[0] for ref in refs]
                     return _strings(np.asarray(ds).T)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -268,18 +306,20 @@ def read_labels(path: Path, key: str | None = None) -> LabelMap:
     variables, meta = _inventory(path)
     if key is not None:
         v = _pick_key(path, variables, key)
-        arr = _as_labels(_load(path, v.name)) if v.numeric else None
+        arr = _as_labels(_load(path, v.name), MAX_CLASS_ID + 1) if v.numeric else None
         if arr is None:
             raise InputError(
-                f"{path}: variable {key!r} ({v}) is not a label map (a 2-D array of at most "
-                f"{MAX_LABEL_VALUES} distinct non-negative integers)"
+                f"{path}: variable {key!r} ({v}) is not a label map (a 2-D array of "
+                "non-negative integers)"
             )
         found = [(v, arr)]
     else:
         found = []
         for v in sorted(variables, key=lambda v: -v.size):
             if v.numeric and len(v.shape) == 2 and v.name.lower() not in _META_NAMES:
-                arr = _as_labels(_load(path, v.name))
+                # ``labels`` is what our writer names it: any number of classes
+                most = MAX_CLASS_ID + 1 if v.name == "labels" else MAX_LABEL_VALUES
+                arr = _as_labels(_load(path, v.name), most)
                 if arr is not None:
                     found.append((v, arr))
         if not found:

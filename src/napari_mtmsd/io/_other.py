@@ -18,6 +18,7 @@ from .._atomic import atomic_path
 from ..errors import InputError
 from . import _geotiff, _products
 from ._georef import Georef
+from ._limits import check_memory, check_stored
 from ._types import Cube, LabelMap
 
 NPY_MAGIC = b"\x93NUMPY"
@@ -110,11 +111,14 @@ def _tiff(path: Path) -> tuple[Any, str, dict]:
             axes = series.axes
             meta = dict(tif.shaped_metadata[0]) if tif.shaped_metadata else {}
             geo = tif.geotiff_metadata if tif.is_geotiff else None
+            nbytes = int(series.size) * series.dtype.itemsize
         if geo:
             meta["geotiff"] = {k: v for k, v in geo.items() if isinstance(v, (int, float, str))}
+        check_stored(path, f"the image ({'x'.join(map(str, series.shape))} {axes})", nbytes)
         try:
             data = tifffile.memmap(path, mode="r")
         except ValueError:  # compressed or tiled: read it
+            check_memory(path, "the image", nbytes)
             data = tifffile.imread(path)
     except (tifffile.TiffFileError, OSError, IndexError, ValueError) as e:
         raise InputError(f"{path}: cannot read this TIFF ({e})") from e

@@ -16,6 +16,23 @@ from ._georef import Georef
 # Rows per chunk are chosen so that one chunk of a cube stays near this many bytes: valid_mask and
 # writers then work on multi-GB memory-mapped cubes without loading them.
 CHUNK_BYTES = 64 * 2**20
+#: Largest class id of a label map: every class gets a colour and a name, and napari draws a
+#: Labels layer of up to 2**16 values without numba; far beyond any classification legend.
+MAX_CLASS_ID = 65535
+
+
+def check_class_ids(data: Any, name: str) -> None:
+    """InputError unless ``data`` holds 0 (unlabelled) and class ids 1..MAX_CLASS_ID only."""
+    arr = np.asarray(data)
+    if not arr.size:
+        return
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi > MAX_CLASS_ID:
+        bad = lo if lo < 0 else hi
+        raise InputError(
+            f"{name}: class id {bad} is out of range: label maps hold 0 (unlabelled) and class "
+            f"ids 1..{MAX_CLASS_ID}"
+        )
 
 
 class LazyArray:
@@ -301,6 +318,7 @@ class LabelMap:
             )
         if not np.issubdtype(self.data.dtype, np.integer):
             raise InputError(f"{self.name}: a label map must hold integers, got {self.data.dtype}")
+        check_class_ids(self.data, self.metadata.get("path", self.name))
         if self.colors is not None:
             self.colors = np.asarray(self.colors, dtype=np.uint8).reshape(-1, 3)
 
