@@ -74,7 +74,7 @@ def _from_scratch_oa(classify, train, gt_data) -> float:
     store = ws.features
     bundle = train_fresh(
         ws.model, ws.cube, train, ws.spec, store=store, device="cpu",
-        **{**ws.classifier_config.classifier_kwargs(), "method": "paper"},
+        progress=False, **{**ws.classifier_config.classifier_kwargs(), "method": "paper"},
     )  # fmt: skip
     test = np.where((gt_data > 0) & (train == 0), gt_data, 0)
     coords, y = labelled_pixels(test)
