@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("qtpy")
 
-from qt_support import paint, pretrain_tiny, wait_job
+from qt_support import paint, paint_strokes, pretrain_tiny, wait_job
 
 
 def test_whole_workflow(widget, scene, qtbot, tmp_path, monkeypatch, errors):
@@ -18,9 +18,7 @@ def test_whole_workflow(widget, scene, qtbot, tmp_path, monkeypatch, errors):
 
     # labels: three strokes from the ground truth, one per class
     layer = w.data.new_training_labels()
-    for k in (1, 2, 3):
-        r, c = np.argwhere(gt.data == k)[len(np.argwhere(gt.data == k)) // 2]
-        paint(layer, slice(r, r + 2), slice(c, c + 2), k)
+    paint_strokes(layer, gt.data)
     w.data.add_class()
     w.data.remove_last_class()
     assert len(w.session.class_names) == 3
@@ -129,9 +127,7 @@ def test_quick_map_first_then_the_mtmsd_map_with_suggestions(widget, scene, qtbo
     monkeypatch.setenv("NAPARI_MTMSD_CACHE", str(tmp_path / "cache"))
     w, viewer, (_, gt) = widget, widget.viewer, scene
     layer = w.data.new_training_labels()
-    for k in (1, 2, 3):
-        r, c = np.argwhere(gt.data == k)[len(np.argwhere(gt.data == k)) // 2]
-        paint(layer, slice(r, r + 2), slice(c, c + 2), k)
+    paint_strokes(layer, gt.data)
     assert w.session.model is None and w.classify.train_btn.isEnabled()
     w.classify.train_and_predict()
     wait_job(qtbot, w)

@@ -24,6 +24,15 @@ def test_docked_after_the_indian_pines_sample(make_napari_viewer):
     assert w.session.class_names == list(INDIAN_PINES_CLASSES)
     assert w.data.table.rowCount() == 16
     assert w.data.table.item(0, 1).text() == INDIAN_PINES_CLASSES[0]
+    # the band slider counts bands; the overlay names the wavelength on screen
+    cube_layer = w.session.cube_layer()
+    wl = w.session.ws.cube.wavelengths
+    from napari_mtmsd._qt._layers import text_overlay
+
+    viewer.dims.set_current_step(0, 57)
+    assert text_overlay(viewer).visible
+    assert text_overlay(viewer).text == f"band 57: {wl[57]:g} nm"
+    assert cube_layer.metadata["wavelengths"][57] == pytest.approx(wl[57])
 
 
 def test_close_viewer_mid_job(make_napari_viewer, scene, qtbot, errors):

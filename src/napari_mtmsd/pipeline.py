@@ -187,7 +187,7 @@ def warm_start_mismatch(
     if bundle.spec != spec:
         return "it was trained on other features (timesteps, stages or mode)"
     if bundle.method != "paper":
-        return "the few-label classifier is refitted on all labels (a second or two)"
+        return "it is the few-label classifier, not the paper's heads"
     labels = np.asarray(labels)
     return bundle.classifier.warm_start_mismatch(labels[labels > 0])
 

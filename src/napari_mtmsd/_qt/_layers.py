@@ -201,3 +201,22 @@ def show_points(
         coords, name=name, size=size, features=features, text=text, symbol="ring",
         border_color="yellow", face_color="transparent", **kwargs,
     )  # fmt: skip
+
+
+def band_label(layer: Any, band_axis: int, world_point: Any) -> str:
+    """``"band 57: 1023.4 nm"`` for the band of ``layer`` at the viewer's ``world_point`` (napari's
+    slider counts bands), or ``""`` without a cube layer or wavelengths."""
+    wl = None if layer is None else _wavelengths(layer.metadata)
+    if wl is None:
+        return ""
+    i = round(float(layer.world_to_data(world_point)[band_axis]))
+    if not 0 <= i < len(wl):
+        return ""
+    units = layer.metadata.get("wavelength_units") or ""
+    return f"band {i}: {wl[i]:g} {units}".strip()
+
+
+def text_overlay(viewer: napari.Viewer) -> Any:
+    """The viewer's text overlay (``canvas.overlays`` since napari 0.9, ``text_overlay`` before)."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    return overlays["text"] if overlays is not None else viewer.text_overlay

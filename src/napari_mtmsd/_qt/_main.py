@@ -86,10 +86,22 @@ class MTMSDWidget(QWidget):
         runner.busy_changed.connect(self._busy)
         self.stop_btn.clicked.connect(runner.stop)
         # closing napari (or the panel) mid-job stops the job before the widgets go away
-        on_mouse = self.inspect.on_mouse
-        self.destroyed.connect(lambda *_: _teardown(runner, viewer, on_mouse))
+        on_mouse, on_step = self.inspect.on_mouse, self.show_band
+        self.destroyed.connect(lambda *_: _teardown(runner, viewer, on_mouse, on_step))
         self.adopt_ground_truth()
         viewer.layers.events.inserted.connect(self.adopt_ground_truth)
+        viewer.dims.events.current_step.connect(on_step)
+        self.show_band()
+
+    def show_band(self, *_: Any) -> None:
+        """The wavelength of the band on screen in the viewer's text overlay."""
+        from ._layers import band_label, text_overlay
+
+        layer = self.session.cube_layer()
+        axis = self.session.current_band_axis() if layer is not None else 0
+        text = band_label(layer, axis, self.viewer.dims.point)
+        overlay = text_overlay(self.viewer)
+        overlay.text, overlay.visible = text, bool(text)
 
     def adopt_ground_truth(self, *_: Any) -> None:
         """A ground truth already open (a Labels layer a reader or sample named classes for, of
@@ -137,8 +149,9 @@ class MTMSDWidget(QWidget):
         self.status.setText(text)
 
 
-def _teardown(runner: Any, viewer: Any, on_mouse: Any) -> None:
-    """Stop the job and drop the cursor callback; touches no (deleted) Qt widget."""
+def _teardown(runner: Any, viewer: Any, on_mouse: Any, on_step: Any) -> None:
+    """Stop the job and drop the cursor and slider callbacks; touches no (deleted) Qt widget."""
     runner.stop_and_wait()
     if on_mouse in viewer.mouse_move_callbacks:
         viewer.mouse_move_callbacks.remove(on_mouse)
+    viewer.dims.events.current_step.disconnect(on_step)
