@@ -178,12 +178,16 @@ def test_prisma_l2d_merges_detectors_in_wavelength_order(tmp_path, centres):
     assert c.georef.epsg() == 32632 and c.metadata["sensor"] == "PRISMA"
 
 
-def test_neon_aop_reflectance(tmp_path):
-    h, w, b = 5, 4, 12
+NEON_NAME = "NEON_D16_ABBY_DP3_552000_5069000_reflectance.h5"
+
+
+def write_neon(path: Path, h: int = 5, w: int = 4, b: int = 12) -> np.ndarray:
+    """NEON AOP reflectance HDF5: int16 ``Reflectance_Data`` with scale and ignore value, band
+    windows, wavelengths, ``Map_Info`` and ``EPSG Code``; returns the wavelengths."""
     wl = np.linspace(383, 2512, b)
     data = np.random.default_rng(4).integers(0, 6000, (h, w, b)).astype(np.int16)
     data[0, 0] = -9999
-    with h5py.File(tmp_path / "NEON_D16_ABBY_DP3_552000_5069000_reflectance.h5", "w") as f:
+    with h5py.File(path, "w") as f:
         refl = f.create_group("ABBY/Reflectance")
         ds = refl.create_dataset("Reflectance_Data", data=data)
         ds.attrs.update({"Scale_Factor": 10000.0, "Data_Ignore_Value": -9999.0})
@@ -196,7 +200,12 @@ def test_neon_aop_reflectance(tmp_path):
                                    "  1.0000000e+00,  10,  North,  WGS-84,  units=Meters, 0")  # fmt: skip
         cs["EPSG Code"] = np.bytes_("32610")
         cs["Proj4"] = np.bytes_("+proj=UTM +zone=10 +ellps=WGS84 +datum=WGS84 +units=m")
-    c = read_cube(tmp_path / "NEON_D16_ABBY_DP3_552000_5069000_reflectance.h5")
+    return wl
+
+
+def test_neon_aop_reflectance(tmp_path):
+    wl = write_neon(tmp_path / NEON_NAME)
+    c = read_cube(tmp_path / NEON_NAME)
     assert c.metadata["reflectance_scale_factor"] == 10000 and c.ignore_value == -9999
     assert c.bad_bands.tolist() == [bool(1340 <= x <= 1445 or 1790 <= x <= 1955) for x in wl]
     assert c.georef.transform == (552000.0, 1.0, 0.0, 5070000.0, 0.0, -1.0)
@@ -261,3 +270,39 @@ def test_train_and_predict_keep_the_georeferencing(tmp_path, envi_file, capsys):
         assert ((ortho.data > 0) == (swath > 0)).all()  # classified exactly where the GLT lands
     printed = capsys.readouterr().out
     assert printed.count("note: .hdr does not keep") == 2 and "note: .tif" not in printed
+
+
+@pytest.mark.parametrize("product", ["enmap", "prisma", "neon"])
+def test_train_and_predict_on_products_keep_their_grid(tmp_path, product):
+    """EnMAP GeoTIFF, PRISMA L2D and NEON AOP: pretrain, train (the few-label head at these few
+    labels) and predict through the CLI; the class maps carry the product's grid."""
+    from napari_mtmsd.cli import main
+    from napari_mtmsd.io import LabelMap, write_labels
+
+    h, w = 16, 12
+    if product == "enmap":
+        src = write_enmap_tif(tmp_path / "ENMAP01-L2A-SPECTRAL_IMAGE.TIF", enmap_cube(h, w))
+    elif product == "prisma":
+        src = tmp_path / "PRS_L2D_STD_20200101.he5"
+        write_prisma(src, h, w)
+    else:
+        src = tmp_path / NEON_NAME
+        write_neon(src, h, w)
+    georef = read_cube(src).georef
+    labels = np.zeros((h, w), np.uint8)
+    labels[2:5, 1:3], labels[10:13, 8:11] = 1, 2
+    lab = write_labels(tmp_path / "train.tif", LabelMap(labels, georef=georef))
+    model, clf, out = tmp_path / "model", tmp_path / "clf", tmp_path / "maps"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["pretrain", str(src), "-o", str(model), "--preset", "tiny", "--steps", "2",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    assert main(["train", str(src), "--labels", str(lab), "--model", str(model), "-o", str(clf),
+                 "--timesteps", "100", "--stages", "0,1", *cache]) == 0  # fmt: skip
+    for fmt in ("tif", "hdr"):
+        assert main(["predict", str(src), "--classifier", str(clf), "-o", str(out),
+                     "--format", fmt, *cache]) == 0  # fmt: skip
+        (written,) = out.glob(f"*_classes.{fmt}")
+        got = read_labels(written)
+        assert got.data.shape == (h, w) and set(np.unique(got.data)) <= {0, 1, 2}
+        assert got.georef.epsg() == georef.epsg()
+        assert np.allclose(got.georef.transform, georef.transform, rtol=0, atol=1e-9)

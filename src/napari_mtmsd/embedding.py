@@ -64,11 +64,9 @@ class FeatureEmbedding:
         coords = np.argwhere(np.ones(store.centre.shape[:2], bool))
         n_feat = 2 * int(np.prod(store.centre.shape[2:]))
         n_sample = int(min(len(coords), max(4 * n_components, budget_mb * 2**20 // (8 * n_feat))))
-        if n_sample <= n_components:
-            raise InputError(
-                f"an embedding of {n_components} components needs more than {n_components} "
-                f"pixels; the scene has {len(coords)}"
-            )
+        if n_sample < 3:
+            raise InputError(f"an embedding needs at least 3 pixels; the scene has {len(coords)}")
+        n_components = min(n_components, n_sample - 1, n_feat)  # a tiny scene has fewer
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.choice(len(coords), n_sample, replace=False))
         x = _flat(*store.pixels(coords[rows]))
