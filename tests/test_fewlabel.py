@@ -211,3 +211,17 @@ def test_few_label_classifier_on_diffusion_features(small_scene, tiny_model, tmp
     (tmp_path / "clf" / "arrays.safetensors").write_bytes(b"damaged")
     with pytest.raises(ModelFileError, match=r"arrays\.safetensors"):
         FewLabelClassifier.load(tmp_path / "clf")
+
+
+def test_suggestions_on_a_large_uncertain_region_are_quick():
+    """One uncertain blob of a megapixel: the greedy spacing check is a look-up per pixel."""
+    import time
+
+    yy, xx = np.mgrid[:1000, :1000]
+    u = (1.0 / (1.0 + np.hypot(yy - 500, xx - 500))).astype(np.float32)  # one peak: the
+    # pixels in score order keep landing next to places already taken
+    t0 = time.perf_counter()
+    coords, _ = suggest(u, n=50, spacing=8, radius=0)
+    assert len(coords) == 50 and time.perf_counter() - t0 < 10
+    d = np.hypot(*(coords[:, None] - coords[None]).transpose(2, 0, 1))
+    assert d[np.triu_indices(50, 1)].min() >= 8

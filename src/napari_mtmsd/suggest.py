@@ -55,12 +55,21 @@ def suggest(
         free &= ~near
     order = np.argsort(-score, axis=None, kind="stable")
     order = order[free.reshape(-1)[order]]
-    coords = np.empty((0, 2), np.int64)
-    for flat in order:
+    blocked = ~free  # near a label, invalid, or near a suggestion already taken
+    width = score.shape[1]
+    coords: list[tuple[int, int]] = []
+    for flat in order:  # a pixel blocked meanwhile costs one look-up, not a distance check
+        r, c = divmod(int(flat), width)
+        if blocked[r, c]:
+            continue
+        coords.append((r, c))
         if len(coords) == n:
             break
-        here = np.array(np.unravel_index(flat, score.shape))
-        if len(coords) and np.min(np.hypot(*(coords - here).T)) < spacing:
-            continue
-        coords = np.vstack([coords, here])
-    return coords, score[coords[:, 0], coords[:, 1]] if len(coords) else np.empty(0, np.float32)
+        rows, cols = (
+            slice(max(r - spacing + 1, 0), r + spacing),
+            slice(max(c - spacing + 1, 0), c + spacing),
+        )
+        yy, xx = np.ogrid[rows, cols]
+        blocked[rows, cols] |= (yy - r) ** 2 + (xx - c) ** 2 < spacing**2
+    out = np.array(coords, np.int64).reshape(-1, 2)
+    return out, score[out[:, 0], out[:, 1]]
