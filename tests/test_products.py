@@ -306,3 +306,28 @@ def test_train_and_predict_on_products_keep_their_grid(tmp_path, product):
         assert got.data.shape == (h, w) and set(np.unique(got.data)) <= {0, 1, 2}
         assert got.georef.epsg() == georef.epsg()
         assert np.allclose(got.georef.transform, georef.transform, rtol=0, atol=1e-9)
+
+
+def test_train_refuses_labels_on_another_grid(tmp_path, envi_file, capsys):
+    """A label map georeferenced on another grid than the cube is refused by name (exit 2);
+    the same labels on the cube's grid train."""
+    from napari_mtmsd.cli import main
+    from napari_mtmsd.io import LabelMap, write_labels
+
+    data = np.random.default_rng(1).uniform(0, 1, (12, 10, 6)).astype(np.float32)
+    extra = "map info = {UTM, 1, 1, 600000, 5000000, 30, 30, 32, North, WGS-84, units=Meters}\n"
+    hdr = envi_file(tmp_path / "scene", data, extra=extra)
+    grid = read_cube(hdr).georef
+    labels = np.zeros((12, 10), np.uint8)
+    labels[1:3, 1:3], labels[8:10, 6:8] = 1, 2
+    shifted = Georef((grid.transform[0] + 300.0, *grid.transform[1:]), grid.crs)
+    wrong = write_labels(tmp_path / "wrong.tif", LabelMap(labels, georef=shifted))
+    right = write_labels(tmp_path / "right.tif", LabelMap(labels, georef=grid))
+    model = tmp_path / "model"
+    assert main(["pretrain", str(hdr), "-o", str(model), "--preset", "tiny", "--steps", "2",
+                 "--device", "cpu"]) == 0  # fmt: skip
+    args = ["--model", str(model), "--timesteps", "100", "--stages", "0,1",
+            "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(["train", str(hdr), "--labels", str(wrong), "-o", str(tmp_path / "c1"), *args]) == 2
+    assert "wrong.tif: the labels lie on another grid" in capsys.readouterr().err
+    assert main(["train", str(hdr), "--labels", str(right), "-o", str(tmp_path / "c2"), *args]) == 0

@@ -133,7 +133,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     check_output_dir(a.output, a.overwrite)
     cube, _ = load_input(a.input, key=a.key)
-    labels = read_labels(a.labels, key=a.labels_key)
+    labels = _labels_on_grid(read_labels(a.labels, key=a.labels_key), cube, a.labels)
     model = _load_model(a.model)
     model.config["path"] = str(a.model)
     bundle = _run(
@@ -238,6 +238,27 @@ def _classifier_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _labels_on_grid(labels: Any, cube: Any, path: str) -> Any:
+    """``labels`` when they lie on the cube's pixels: both georeferenced on other grids (a
+    label map of another scene or resampled) is refused; either without georeferencing is
+    taken as the cube's pixels."""
+    import numpy as np
+
+    from .io._georef import same_crs
+
+    mine, theirs = labels.georef, cube.georef
+    if mine is None or theirs is None or mine.transform is None or theirs.transform is None:
+        return labels
+    near = np.allclose(mine.transform, theirs.transform, rtol=0, atol=1e-6)
+    if not (near and same_crs(mine.crs, theirs.crs)):
+        raise InputError(
+            f"{path}: the labels lie on another grid than the cube {cube.name!r} (geotransform "
+            f"{mine.transform} against {theirs.transform}, or another CRS): expected a label "
+            "map on the cube's pixels"
+        )
+    return labels
+
+
 def cmd_update(a: argparse.Namespace) -> int:
     """The panel's Update from the command line: continue a saved classifier on new labels."""
     from ._atomic import check_output_dir, check_output_file
@@ -248,7 +269,7 @@ def cmd_update(a: argparse.Namespace) -> int:
     if a.map:
         check_output_file(a.map, a.overwrite)
     cube, _ = load_input(a.input, key=a.key)
-    labels = read_labels(a.labels, key=a.labels_key)
+    labels = _labels_on_grid(read_labels(a.labels, key=a.labels_key), cube, a.labels)
     ws = Workspace(cube, device=a.device, cache_dir=a.cache_dir)
     ws.load_classifier(a.classifier)
     ws.classifier_config = from_arguments(ClassifierConfig, a)
