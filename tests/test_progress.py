@@ -19,10 +19,20 @@ from napari_mtmsd.unet import AttentionBlock
 BOUND_S = 1.0
 
 
-def work_seconds() -> float:
-    """CPU seconds of this process per torch thread: the wall time the job would take on an
-    otherwise idle machine, whatever else the shared machine runs meanwhile."""
-    return time.process_time() / torch.get_num_threads()
+class WorkSeconds:
+    """A clock of CPU seconds of this process per torch thread: the wall time the job would take
+    on an otherwise idle machine, whatever else the shared machine runs meanwhile. Each interval
+    is divided by the thread count of its end, since the thread tuner changes the count during
+    a job (dividing the process's whole CPU time by the new count would read as a jump)."""
+
+    def __init__(self) -> None:
+        self.cpu, self.seconds = time.process_time(), 0.0
+
+    def __call__(self) -> float:
+        cpu = time.process_time()
+        self.seconds += (cpu - self.cpu) / torch.get_num_threads()
+        self.cpu = cpu
+        return self.seconds
 
 
 def timed(gen, clock=time.perf_counter) -> tuple[list[dict], list[float], object]:
@@ -72,7 +82,7 @@ def test_cpu_preset_extraction_records_within_a_second(cpu_preset, tmp_path):
     model, cube = cpu_preset
     spec = FeatureSpec(timesteps=(100, 500, 900), noise_draws=3)
     job = cache.iter_build(model, cube, spec, tmp_path, device="cpu")
-    records, gaps, store = timed(job, work_seconds)
+    records, gaps, store = timed(job, WorkSeconds())
     assert max(gaps) < BOUND_S, [round(g, 2) for g in gaps]
     work = [r for r in records if r["stage"] == "features"]
     steps = [r["step"] for r in work]
