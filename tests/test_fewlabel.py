@@ -225,3 +225,8 @@ def test_suggestions_on_a_large_uncertain_region_are_quick():
     assert len(coords) == 50 and time.perf_counter() - t0 < 10
     d = np.hypot(*(coords[:, None] - coords[None]).transpose(2, 0, 1))
     assert d[np.triu_indices(50, 1)].min() >= 8
+    # the same at every edge and corner of the scene (the blocked disk is clipped there)
+    for peak in ((0, 0), (999, 999), (0, 500), (500, 999)):
+        u = (1.0 / (1.0 + np.hypot(yy - peak[0], xx - peak[1]))).astype(np.float32)
+        coords, _ = suggest(u, n=20, spacing=8, radius=1)
+        assert len(coords) == 20 and tuple(coords[0]) == peak

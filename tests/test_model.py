@@ -144,8 +144,8 @@ def test_other_format_version_and_bad_json(saved):
 
 
 def _rehash(path, name):
-    from napari_mtmsd.model import _sha256_file
+    from napari_mtmsd._atomic import sha256_file
 
     cfg = json.loads((path / CONFIG).read_text())
-    cfg["files"][name] = _sha256_file(path / name)
+    cfg["files"][name] = sha256_file(path / name)
     (path / CONFIG).write_text(json.dumps(cfg))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._atomic import atomic_dir, restore, verify
+from ._atomic import atomic_dir, restore, sha256_file, verify
 from ._versioned import read_json
 from ._weights import assign, empty
 from .errors import InputError, ModelFileError
@@ -37,14 +37,6 @@ CONFIG = "config.json"
 WEIGHTS = "weights.safetensors"
 PREPROCESS = "preprocess.safetensors"
 RESUME = "resume.pt"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _hash_tensors(h: Any, tensors: dict[str, Any]) -> None:
@@ -201,7 +193,7 @@ class DiffusionModel:
                 torch.save(resume_state, tmp / RESUME)
                 files.append(RESUME)
             cfg = self.full_config()
-            cfg["files"] = {name: _sha256_file(tmp / name) for name in files}
+            cfg["files"] = {name: sha256_file(tmp / name) for name in files}
             (tmp / CONFIG).write_text(json.dumps(cfg, indent=2, sort_keys=True))
         return path
 
@@ -231,7 +223,7 @@ class DiffusionModel:
         expected = cfg["files"].get(name)
         if expected is None:
             raise ModelFileError(f"{path / CONFIG} does not list {name}")
-        if _sha256_file(file) != expected:
+        if sha256_file(file) != expected:
             raise ModelFileError(
                 f"{file} is corrupt or truncated (its sha256 differs from the one recorded in "
                 f"{CONFIG}): pretrain or copy the model again"

@@ -56,7 +56,7 @@ def suggest(
     order = np.argsort(-score, axis=None, kind="stable")
     order = order[free.reshape(-1)[order]]
     blocked = ~free  # near a label, invalid, or near a suggestion already taken
-    width = score.shape[1]
+    height, width = score.shape
     coords: list[tuple[int, int]] = []
     for flat in order:  # a pixel blocked meanwhile costs one look-up, not a distance check
         r, c = divmod(int(flat), width)
@@ -65,11 +65,9 @@ def suggest(
         coords.append((r, c))
         if len(coords) == n:
             break
-        rows, cols = (
-            slice(max(r - spacing + 1, 0), r + spacing),
-            slice(max(c - spacing + 1, 0), c + spacing),
-        )
-        yy, xx = np.ogrid[rows, cols]
+        rows = slice(max(r - spacing + 1, 0), min(r + spacing, height))
+        cols = slice(max(c - spacing + 1, 0), min(c + spacing, width))
+        yy, xx = np.ogrid[rows, cols]  # clipped to the scene, as the slices of ``blocked``
         blocked[rows, cols] |= (yy - r) ** 2 + (xx - c) ** 2 < spacing**2
     out = np.array(coords, np.int64).reshape(-1, 2)
     return out, score[out[:, 0], out[:, 1]]
