@@ -118,6 +118,7 @@ class PretrainLoop:
         steps, at the end and when closed; returns the model with the EMA weights."""
         total, t_start, samples, last_saved = self.s["steps"], time.perf_counter(), 0, self.step
         self.unet.train()
+        yield self._record(total, message="training")  # the network is built: a Stop point
         try:
             while self.step < total:
                 batch = self.s["batch_size"]

@@ -190,6 +190,8 @@ def _train(
         yield {"stage": "pretrain", "step": 0, "total": settings["steps"],
                "message": f"fitting PCA ({cube.n_bands} bands -> {n_comp} components)"}  # fmt: skip
         pre = Preprocessor.fit(cube, n_comp, max_pixels=max_pixels, seed=seed)
+        yield {"stage": "pretrain", "step": 0, "total": settings["steps"],
+               "message": "preparing the patches and the network"}  # fmt: skip
         parts = (pre, NoiseSchedule("cosine", 1000), dataclasses.replace(base_cfg,
                                                                           in_channels=n_comp))
         run = Run(preset, seed, settings, precision, out_dir, source, max_pixels, dist_info)
