@@ -305,8 +305,7 @@ def _few_label_scene(
     if kept is not None and kept.fits(store, embedding):
         return kept
     if embedding is None:
-        yield {"stage": "embedding", "step": 0, "total": 1}
-        embedding = FeatureEmbedding.fit(store)
+        embedding = yield from FeatureEmbedding.iter_fit(store)
     embedded = yield from embedding.iter_transform(store)
     vectors = SceneVectors.of_parts(model.prepare(cube), embedded, cube.valid_mask())
     kept = FewLabelScene.of(store, embedding, vectors)
