@@ -27,7 +27,7 @@ from napari_mtmsd import baselines as bl
 from napari_mtmsd._progress import run
 from napari_mtmsd.classifier import MTMSDClassifier
 from napari_mtmsd.embedding import FeatureEmbedding
-from napari_mtmsd.fewlabel import SceneVectors, SpatialSVM, classify
+from napari_mtmsd.fewlabel import SceneVectors, SpatialSVM, classify, maps_of
 from napari_mtmsd.metrics import scores
 from napari_mtmsd.model import DiffusionModel
 from napari_mtmsd.pipeline import (
@@ -40,7 +40,7 @@ from napari_mtmsd.pipeline import (
 from napari_mtmsd.samples import load_indian_pines
 from napari_mtmsd.spatial import regularise
 from napari_mtmsd.splits import make_split
-from napari_mtmsd.suggest import suggest, uncertainty
+from napari_mtmsd.suggest import suggest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROTOCOLS = {"per-class:5": 5, "per-class:10": 5, "per-class:20": 5, "random:0.1": 3, "blocks:4": 3}
@@ -162,13 +162,14 @@ def simulated_users(scene: Scene, rounds: int, per_round: int, seeds: tuple[int,
             rng, lab, curve = np.random.default_rng(seed), start.copy(), []
             for r in range(rounds + 1):
                 head, proba = classify(scene.full, lab)
-                class_map = scene.map_of(head.classes_, proba)
+                class_map, confidence = maps_of(head.classes_, proba, valid)
                 curve.append(score(class_map, gt, (gt > 0) & (lab == 0), scene.labels)["oa"])
                 if r == rounds:
                     break
                 if user == "suggested":  # a place with no ground truth is skipped, as
                     # a user would skip a place they cannot name: the next one is taken
-                    places, _ = suggest(uncertainty(proba), lab, valid, n=20 * per_round)
+                    # what the panel suggests (update.iter_fit_and_map)
+                    places, _ = suggest(1.0 - confidence, lab, valid, n=20 * per_round)
                     places = [p for p in places if _nameable(gt, *p)][:per_round]
                 else:
                     places = np.argwhere((gt > 0) & (lab == 0))

@@ -11,7 +11,7 @@ from napari_mtmsd.errors import InputError, ModelFileError
 from napari_mtmsd.fewlabel import SceneVectors, SpatialSVM, classify
 from napari_mtmsd.samples import synthetic_scene
 from napari_mtmsd.splits import make_split
-from napari_mtmsd.suggest import suggest, uncertainty
+from napari_mtmsd.suggest import suggest
 
 
 @pytest.fixture(scope="module")
@@ -137,13 +137,12 @@ def test_embedding_is_whitened_seeded_and_keeps_class_structure(scene):
         emb.transform_rows(centre[0, :, :2], glob[0, :, :2])
 
 
-def test_uncertainty_and_suggestions():
+def test_suggestions():
     proba = np.zeros((30, 30, 2), np.float32)
     proba[..., 0] = 1.0
     proba[5:9, 20:24] = [0.5, 0.5]  # an unsure patch
     proba[22:26, 4:8] = [0.6, 0.4]  # a less unsure one
-    u = uncertainty(proba)
-    assert u[6, 21] == pytest.approx(1.0) and u[0, 0] == pytest.approx(0.0)
+    u = 1.0 - proba.max(-1)  # what the panel passes: one minus the confidence
     coords, scores = suggest(u, n=2, spacing=5, radius=1)
     assert len(coords) == 2 and scores[0] >= scores[1]
     assert 5 <= coords[0][0] < 9 and 20 <= coords[0][1] < 24

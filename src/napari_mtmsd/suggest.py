@@ -1,8 +1,8 @@
 """Where to paint next: the places whose labels would help the classifier most.
 
 Active learning by uncertainty sampling with spatial diversity: the uncertainty of the map (one
-minus the confidence of its class, or one minus the margin between the two most probable
-classes where the probabilities are at hand) is smoothed over a window, so a suggestion
+minus the confidence of its class, which every classifier here gives) is smoothed over a window,
+so a suggestion
 stands for a region the classifier is unsure about rather than a single noisy pixel; the most
 uncertain places are then taken greedily, each at least ``spacing`` pixels from the others and
 from pixels already labelled (a stroke of labels nearby already informs that place).
@@ -17,15 +17,6 @@ from scipy import ndimage
 
 from .errors import InputError
 from .spatial import box_mean
-
-
-def uncertainty(proba: np.ndarray) -> np.ndarray:
-    """``1 - (p1 - p2)`` per pixel of ``proba (H, W, K)``: 1 where two classes tie, 0 where one
-    class holds all the probability."""
-    if proba.ndim != 3 or proba.shape[-1] < 2:
-        raise InputError(f"probabilities of shape {proba.shape}: expected (H, W, K >= 2)")
-    top2 = np.partition(proba, -2, axis=-1)[..., -2:]
-    return (1.0 - (top2[..., 1] - top2[..., 0])).astype(np.float32)
 
 
 def suggest(
