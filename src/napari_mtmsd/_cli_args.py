@@ -65,6 +65,16 @@ def _cache_dir(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
 
 
+def _dask(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run the tiles as dask.distributed tasks: a scheduler address (tcp://host:8786) or "
+        "local:N for N worker processes here (pip install 'napari-mtmsd[distributed]'; "
+        "docs/scaling.md)",
+    )
+
+
 def _add_info(sub: Subparsers) -> None:
     sp = _command(
         sub, "info", "describe a cube or label file: shape, bands, wavelengths, variables"
@@ -126,12 +136,18 @@ def _add_update(sub: Subparsers) -> None:
 
 
 def _add_predict(sub: Subparsers) -> None:
-    sp = _command(sub, "predict", "classify whole cubes with a trained classifier")
+    sp = _command(
+        sub,
+        "predict",
+        "classify whole cubes with a trained classifier, tile by tile (features come from the "
+        "cache only with --cache-dir)",
+    )
     sp.add_argument("inputs", nargs="+", metavar="INPUT")
     sp.add_argument("--classifier", required=True, help="classifier directory from 'train'")
     sp.add_argument("-o", "--output", required=True, help="output directory")
     sp.add_argument("--format", default="tif", choices=("tif", "npy", "mat", "hdr"))
     _cache_dir(sp)
+    _dask(sp)
     _common(sp)
     _overwrite(sp)
 

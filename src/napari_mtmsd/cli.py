@@ -157,23 +157,35 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from .bundle import ClassifierBundle
-    from .io import load_input, write_prediction
+    from .io import load_input, scratch_maps, write_prediction
     from .pipeline import iter_predict
 
     bundle = ClassifierBundle.load(a.classifier)
     cubes = {inp: load_input(inp, key=a.key)[0] for inp in dict.fromkeys(a.inputs)}  # lazy
     stems = _prediction_stems(cubes, Path(a.output), a.format, a.overwrite)
-    for inp, cube in cubes.items():
-        class_map, confidence = _run(iter_predict(bundle, cube, a.device, a.cache_dir))
-        stem = stems[inp]
-        path, conf, note = write_prediction(
-            a.output, stem, a.format, class_map, confidence, bundle.class_names, bundle.colors,
-            cube.georef,
-        )  # fmt: skip
-        print(f"{inp}: class map -> {path}, confidence -> {conf}")
-        if note:
-            print(f"note: {note}")
+    with _engine(a.dask) as engine:
+        for inp, cube in cubes.items():
+            stem = stems[inp]
+            # the maps fill memory maps tile by tile and are streamed into their format
+            with scratch_maps(a.output, stem, cube.data.shape[:2]) as out:
+                _run(iter_predict(bundle, cube, a.device, a.cache_dir, out=out, engine=engine))
+                path, conf, note = write_prediction(
+                    a.output, stem, a.format, *out, bundle.class_names, bundle.colors,
+                    cube.georef,
+                )  # fmt: skip
+            print(f"{inp}: class map -> {path}, confidence -> {conf}")
+            if note:
+                print(f"note: {note}")
     return 0
+
+
+def _engine(address: str | None) -> Any:
+    """The dask engine of ``--dask ADDRESS`` (closed on exit), or None: this process."""
+    if not address:
+        return contextlib.nullcontext(None)
+    from .distributed import DaskEngine
+
+    return DaskEngine(address)
 
 
 def _prediction_stems(

@@ -139,6 +139,26 @@ class SpatialSVM:
         raw = self.predict_proba_rows(smoothed.reshape(H * W, n)).reshape(H, W, -1)
         return regularise(raw, guide, self.map_radius, self.eps)
 
+    @property
+    def halo(self) -> int:
+        """Context a window of the scene needs on each side for its inside to come out as in
+        the whole scene: a guided filter reads two box means deep, for the vectors and the map."""
+        return 2 * (self.feature_radius + self.map_radius)
+
+    def predict_window(
+        self, vectors: np.ndarray, guide: np.ndarray, core: tuple[slice, slice]
+    ) -> np.ndarray:
+        """Regularised probabilities of the ``core`` of a window of raw vectors ``(h, w, n)``
+        and its guide: the whole scene's values (to float rounding) where the window reaches
+        ``halo`` pixels beyond the core or the scene's edge. The SVM runs only where the map's
+        filter reads."""
+        smoothed = self.smooth(vectors, guide)
+        m = 2 * self.map_radius
+        r0, c0 = max(0, core[0].start - m), max(0, core[1].start - m)
+        near = (slice(r0, core[0].stop + m), slice(c0, core[1].stop + m))
+        proba = self.predict_proba(smoothed[near], guide[near])
+        return proba[core[0].start - r0 : core[0].stop - r0, core[1].start - c0 : core[1].stop - c0]
+
     def _fitted_y(self) -> np.ndarray:
         if self.y_train is None:
             raise InputError("the few-label classifier is not fitted")
@@ -277,6 +297,18 @@ class FewLabelScene:
         (the regularised probability of the class)."""
         proba = clf.head.predict_proba(self.smoothed, self.vectors.guide)
         return maps_of(clf.classes_, proba, valid)
+
+
+    def predict_rows(
+        self, clf: FewLabelClassifier, valid: np.ndarray, rows: tuple[int, int]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of the scene rows ``rows[0]:rows[1]`` alone (the map's filter reads
+        ``2 map_radius`` rows beyond them): a prediction streamed band by band."""
+        head, (a, b) = clf.head, rows
+        vectors = self.smoothed
+        lo, hi = max(0, a - 2 * head.map_radius), min(len(vectors), b + 2 * head.map_radius)
+        proba = head.predict_proba(vectors[lo:hi], self.vectors.guide[lo:hi])
+        return maps_of(clf.classes_, proba[a - lo : b - lo], valid[a:b])
 
 
 def maps_of(

@@ -3,8 +3,9 @@
 Each job is a progress generator (``iter_*``, see ``_progress``) so the CLI, the Python API and
 the napari widgets run the same code. Features go through the on-disk cache (``cache``), so a
 second training on new labels, or a prediction after training, costs no extraction. A feature
-source is anything with ``centre`` ((..., T, D) features of its pixels), ``chunks(size)`` and
+source is anything with ``shape`` ((..., T, D) features of its pixels), ``chunks(size)`` and
 ``pixels(coords)``: a whole-scene ``cache.FeatureStore`` or the labelled pixels' ``PixelFeatures``.
+Without either, ``iter_predict`` computes features tile by tile (``tiled``).
 """
 
 from __future__ import annotations
@@ -41,11 +42,11 @@ def labels_hash(labels: np.ndarray) -> str:
 
 
 class FeatureSource(Protocol):
-    """Features of some pixels: ``centre`` (and ``glob``) are (H, W, T, D) for a whole scene or
-    (N, T, D) for N pixels; ``chunks`` walks all of them (flat pixel indices or a slice of
-    them, centre, global), ``pixels`` reads the given (row, col) ones."""
+    """Features of some pixels: ``shape`` is (H, W, T, D) for a whole scene or (N, T, D) for N
+    pixels; ``chunks`` walks all of them (flat pixel indices or a slice of them, centre,
+    global), ``pixels`` reads the given (row, col) ones."""
 
-    centre: Any
+    shape: Any
 
     def chunks(self, size: int) -> Iterator[tuple[Any, np.ndarray, np.ndarray]]: ...
 
@@ -70,6 +71,7 @@ class PixelFeatures:
 
     def __init__(self, coords: np.ndarray, centre: np.ndarray, glob: np.ndarray, shape: tuple):
         self.coords, self.centre, self.glob, self.width = coords, centre, glob, shape[1]
+        self.shape = centre.shape
         self.flat = coords[:, 0] * shape[1] + coords[:, 1]
         self.index = np.full(shape[0] * shape[1], -1, np.int64)
         self.index[self.flat] = np.arange(len(coords))
@@ -144,7 +146,7 @@ def iter_train(
             f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
             f"{len(np.unique(y))} class(es)"
         )
-    if method == "auto" and store is not None and store.centre.ndim != 4:
+    if method == "auto" and store is not None and len(_store_shape(store)) != 4:
         method = "paper"  # features of the labelled pixels only (patch mode): no scene to smooth
     method = resolve_method(method, labels)
     if warm_start is not None and method == "paper":
@@ -199,45 +201,99 @@ def iter_predict(
     cache_dir: str | Path | None = None,
     store: FeatureSource | None = None,
     reuse: dict | None = None,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+    engine: Any = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Class map (H, W) int32 (0 where the cube is invalid or has no features) and confidence
     (H, W) float32 (the ensemble's mean softmax of the predicted class).
 
+    Features come from ``store``, else from the cache in ``cache_dir`` (built when missing),
+    else straight from the U-Net tile by tile (``tiled``): memory bounded by a tile, nothing
+    kept. ``engine`` (a ``distributed.DaskEngine``) runs the tiles as dask tasks. ``out``, two
+    C-contiguous (H, W) int32 / float32 arrays of zeros (e.g. memory maps), is filled in place
+    and returned; after each finished piece a record carries its ``"region"``
+    (``((r0, r1), (c0, c1))``), so a stopped prediction leaves the finished regions filled.
+
     ``reuse`` is a dict the caller keeps between predictions from one ``store``: the purified
     features of the whole scene are kept in it (up to ``REUSE_MAX_MB``) and predicted from again
     by the next classifier with the same purification, i.e. by each Update that continues a
-    training, which then reads and converts nothing.
+    training, which then reads and converts nothing; the few-label head keeps its smoothed scene.
     """
-    if store is None:
+    bundle.model.check_bands(cube)
+    H, W = (int(s) for s in cube.data.shape[:2])
+    out = out or (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
+    if store is None and cache_dir is not None and engine is None:
         store = yield from iter_features(bundle.model, cube, bundle.spec, device, cache_dir)
+    if store is None or engine is not None or (bundle.method == "few-label" and reuse is None):
+        from .tiled import iter_tiles, plan_work
+
+        if store is not None and len(_store_shape(store)) != 4:
+            raise InputError("a tiled prediction needs features of the whole scene (dense mode)")
+        work = yield from plan_work(bundle, cube, device, store=store)
+        if engine is None:
+            return (yield from iter_tiles(work, out))
+        return (yield from engine.iter_tiles(work, out))
     if bundle.method == "few-label":
         scene = yield from _few_label_scene(
             bundle.model, cube, store, bundle.classifier.embedding, reuse
         )
-        return scene.predict(bundle.classifier, cube.valid_mask())
-    H, W = cube.data.shape[:2]
-    class_map = np.zeros(H * W, np.int32)
-    confidence = np.zeros(H * W, np.float32)
-    clf = bundle.classifier
-    n = int(np.prod(store.centre.shape[:-2]))  # pixels with features: (H, W) or (N,)
-    total = -(-n // PREDICT_CHUNK)
+        return (yield from _iter_bands(scene, bundle.classifier, cube.valid_mask(), out))
+    return (yield from _iter_store(bundle.classifier, cube, store, reuse, out))
+
+
+def _store_shape(store: Any) -> tuple[int, ...]:
+    """(H, W, T, D) of a whole-scene store, (N, T, D) of ``PixelFeatures``."""
+    shape = getattr(store, "shape", None)  # a FeatureStore without .shape: its arrays' shape
+    return tuple(store.centre.shape if shape is None else shape)
+
+
+def _iter_store(
+    clf: MTMSDClassifier,
+    cube: Cube,
+    store: FeatureSource,
+    reuse: dict | None,
+    out: tuple[np.ndarray, np.ndarray],
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """The paper's heads over the store's pixels in runs of whole rows (``reuse``: see
+    :func:`iter_predict`)."""
+    W = out[0].shape[1]
+    class_map, confidence = out[0].reshape(-1), out[1].reshape(-1)  # views of C-order arrays
+    valid = np.asarray(cube.valid_mask()).reshape(-1)
+    n = int(np.prod(_store_shape(store)[:-2]))  # pixels with features: (H, W) or (N,)
+    size = max(1, PREDICT_CHUNK // W) * W  # whole rows: each run is a region of the map
     scene, new = None if reuse is None else reuse.get("purified"), None
     if scene is not None and scene.fits(clf, store):
-        chunks = ((idx, clf.predict_purified(x, g)) for idx, x, g in scene.chunks(PREDICT_CHUNK))
+        chunks = ((idx, clf.predict_purified(x, g)) for idx, x, g in scene.chunks(size))
     else:
         if reuse is not None:
             reuse.pop("purified", None)  # its memory is free before new features are made
             if _PurifiedScene.megabytes(clf, n) <= REUSE_MAX_MB:
                 new = _PurifiedScene.empty(clf, store, n)
-        chunks = _predict_chunks(clf, store, new)
-    for i, (idx, (labels, conf)) in enumerate(chunks):
-        class_map[idx], confidence[idx] = labels, conf
-        yield {"stage": "predict", "step": i + 1, "total": total}
+        chunks = _predict_chunks(clf, store, new, size)
+    done = 0
+    for idx, (labels, conf) in chunks:
+        ok = valid[idx]
+        class_map[idx], confidence[idx] = np.where(ok, labels, 0), np.where(ok, conf, 0.0)
+        flat = np.arange(idx.start, idx.stop) if isinstance(idx, slice) else np.asarray(idx)
+        done += len(flat)
+        rows = (int(flat.min()) // W, int(flat.max()) // W + 1) if len(flat) else (0, 0)
+        yield {"stage": "predict", "step": done, "total": n, "region": (rows, (0, W))}
     if new is not None:
         reuse["purified"] = new  # complete: a stopped prediction leaves nothing half made
-    valid = np.asarray(cube.valid_mask()).reshape(-1)
-    class_map[~valid], confidence[~valid] = 0, 0.0
-    return class_map.reshape(H, W), confidence.reshape(H, W)
+    return out
+
+
+def _iter_bands(
+    scene: Any, clf: Any, valid: np.ndarray, out: tuple[np.ndarray, np.ndarray]
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """The few-label head over a kept scene (``fewlabel.FewLabelScene``), band by band."""
+    H, W = out[0].shape
+    rows = max(16, 16 * PREDICT_CHUNK // W)
+    for r0 in range(0, H, rows):
+        r1 = min(r0 + rows, H)
+        out[0][r0:r1], out[1][r0:r1] = scene.predict_rows(clf, valid, (r0, r1))
+        yield {"stage": "predict", "step": r1 * W, "total": H * W, "region": ((r0, r1), (0, W))}
+    return out
 
 
 @dataclasses.dataclass
@@ -274,12 +330,12 @@ class _PurifiedScene:
 
 
 def _predict_chunks(
-    clf: MTMSDClassifier, store: Any, keep: _PurifiedScene | None
+    clf: MTMSDClassifier, store: Any, keep: _PurifiedScene | None, size: int
 ) -> Iterator[tuple[Any, tuple[np.ndarray, np.ndarray]]]:
     """The store's chunks predicted by ``clf``; their purified features copied into ``keep`` on
     the way when given (otherwise purified batch by batch, which stays in the CPU caches)."""
     start = 0
-    for idx, c, g in store.chunks(PREDICT_CHUNK):
+    for idx, c, g in store.chunks(size):
         if keep is None:
             yield idx, clf.predict_with_confidence(c, g)
             continue
@@ -299,7 +355,7 @@ def _few_label_scene(
     from .embedding import FeatureEmbedding
     from .fewlabel import FewLabelScene, SceneVectors
 
-    if store.centre.ndim != 4:
+    if len(_store_shape(store)) != 4:
         raise InputError("the few-label method needs features of the whole scene (dense mode)")
     kept = None if reuse is None else reuse.get("few-label")
     if kept is not None and kept.fits(store, embedding):

@@ -65,17 +65,26 @@ def guide_image(cube: Any, seed: int = 0) -> np.ndarray:
     return scale_guide(component[..., 0], cube.valid_mask())
 
 
-def scale_guide(image: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+def scale_guide(
+    image: np.ndarray, valid: np.ndarray | None = None, bounds: tuple[float, float] | None = None
+) -> np.ndarray:
     """``image (H, W)`` scaled so its 1st and 99th percentiles over ``valid`` pixels are 0 and 1
-    (clipped; invalid pixels 0): ``eps`` then means the same contrast in every scene."""
+    (clipped; invalid pixels 0): ``eps`` then means the same contrast in every scene. A window of
+    a scene passes the scene's ``bounds`` (:func:`guide_bounds`) to be scaled as the whole."""
     image = np.asarray(image, np.float32)
     valid = np.ones(image.shape, bool) if valid is None else np.asarray(valid, bool)
-    if not valid.any():
-        raise InputError("no valid pixel to build a guide image from")
-    lo, hi = np.percentile(image[valid], [1, 99])
+    lo, hi = guide_bounds(image[valid]) if bounds is None else bounds
     guide = np.clip((image - lo) / max(float(hi - lo), 1e-12), 0.0, 1.0).astype(np.float32)
     guide[~valid] = 0.0
     return guide
+
+
+def guide_bounds(values: np.ndarray) -> tuple[float, float]:
+    """The 1st and 99th percentiles of the guide's values at valid pixels (``scale_guide``)."""
+    if not values.size:
+        raise InputError("no valid pixel to build a guide image from")
+    lo, hi = np.percentile(values, [1, 99])  # numpy scalars of the values' type: as before
+    return lo, hi
 
 
 def regularise(

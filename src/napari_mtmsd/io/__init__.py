@@ -12,7 +12,10 @@ at once. Cubes and label maps carry their georeferencing (``Georef``) through to
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -37,6 +40,7 @@ __all__ = [
     "load_input",
     "read_cube",
     "read_labels",
+    "scratch_maps",
     "write_confidence",
     "write_cube",
     "write_labels",
@@ -227,6 +231,32 @@ def write_prediction(
     conf = write_confidence(out / f"{stem}_confidence.{conf_ext}", confidence, georef)
     note = None if fmt == "tif" else f".{fmt} does not keep {NOT_KEPT[fmt]}"
     return classes, conf, note
+
+
+@contextlib.contextmanager
+def scratch_maps(
+    out_dir: str | os.PathLike, stem: str, shape: tuple[int, int]
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A zeroed (H, W) int32 class map and float32 confidence, memory-mapped from hidden files
+    in ``out_dir`` (swept by the next write there should this process be killed), for a
+    prediction to fill tile by tile before :func:`write_prediction` streams them into their
+    format; removed on exit, so a large map is never held in memory."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    maps: list[np.ndarray] = []
+    try:
+        for kind, dtype in (("classes", np.int32), ("confidence", np.float32)):
+            prefix = f".tmp-{os.getpid()}-{stem}_{kind}-"
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".npy", dir=out)
+            os.close(fd)
+            paths.append(Path(tmp))
+            maps.append(np.lib.format.open_memmap(tmp, "w+", dtype, tuple(shape)))
+        yield maps[0], maps[1]
+    finally:
+        maps.clear()  # the maps are closed before their files go
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def _parse_synthetic(spec: str) -> dict[str, Any]:

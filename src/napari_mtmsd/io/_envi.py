@@ -263,14 +263,15 @@ def _envi_dtype(dtype: np.dtype) -> tuple[np.dtype, int]:
     return dtype.newbyteorder("<"), int(code)
 
 
-def write(path: Path, data: Any, header: dict) -> Path:
-    """Write ``data`` (H, W, B) as little-endian BIP plus a header, both atomically.
+def write(path: Path, data: Any, header: dict, dtype: Any = None) -> Path:
+    """Write ``data`` (H, W, B) as little-endian BIP plus a header, both atomically, converted
+    to ``dtype`` (default its own) a row chunk at a time.
 
     Both go to temp names; the data file is renamed first and the header last, so a reader never
     finds a header whose data is missing or partial.
     """
     hdr, img = output_paths(Path(path))
-    dtype, code = _envi_dtype(data.dtype)
+    dtype, code = _envi_dtype(data.dtype if dtype is None else dtype)
     lines, samples, bands = (int(s) for s in data.shape)
     h = {
         "samples": samples,
@@ -335,4 +336,4 @@ def write_labels(path: Path, labels: LabelMap) -> Path:
         "class lookup": [int(v) for v in np.asarray(labels.colors).reshape(-1)[: 3 * (k + 1)]],
         **georef_header(labels.georef),
     }
-    return write(path, arr.astype(dtype)[:, :, None], header)
+    return write(path, arr[:, :, None], header, dtype)

@@ -8,6 +8,7 @@ all of them plus a palette, so QGIS, ENVI and EnMAP-Box show them on the map wit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -256,15 +257,30 @@ def write_tiff_labels(path: Path, labels: LabelMap) -> Path:
         (_geotiff.GDAL_NODATA, "s", 0, "0", True),
     ]
     kwargs: dict[str, Any] = {}
+    dtype: Any = arr.dtype
     if k < 65536:
         dtype = np.uint8 if k < 256 else np.uint16
         cmap = np.zeros((3, 2 ** (8 * np.dtype(dtype).itemsize)), np.uint16)
         cmap[:, : len(colors)] = colors.T.astype(np.uint16) * 257
-        arr = arr.astype(dtype, copy=False)
         kwargs = {"photometric": "palette", "colormap": cmap}
     with atomic_path(path, suffix=Path(path).suffix or ".tif") as tmp:
-        tifffile.imwrite(tmp, arr, metadata=meta, compression="zlib", extratags=extra, **kwargs)
+        tifffile.imwrite(
+            tmp, tiles(arr, dtype), shape=arr.shape, dtype=dtype, tile=(TILE, TILE),
+            metadata=meta, compression="zlib", extratags=extra, **kwargs,
+        )  # fmt: skip
     return Path(path)
+
+
+TILE = 256  # GeoTIFF tile side: maps are written a tile at a time, never converted whole
+
+
+def tiles(data: Any, dtype: Any) -> Iterator[np.ndarray]:
+    """The ``TILE`` x ``TILE`` tiles of a 2-D array (a memory map, say) in ``dtype``, row of
+    tiles by row of tiles, as tifffile writes them (edge tiles are padded by tifffile)."""
+    H, W = data.shape
+    for r in range(0, H, TILE):
+        for c in range(0, W, TILE):
+            yield np.ascontiguousarray(data[r : r + TILE, c : c + TILE], dtype=dtype)
 
 
 def write_tiff_raster(path: Path, data: np.ndarray, georef: Georef | None, nodata: float) -> Path:
@@ -272,7 +288,7 @@ def write_tiff_raster(path: Path, data: np.ndarray, georef: Georef | None, nodat
     extra = [*_geotiff.georef_tags(georef), (_geotiff.GDAL_NODATA, "s", 0, f"{nodata:g}", True)]
     with atomic_path(path, suffix=Path(path).suffix or ".tif") as tmp:
         tifffile.imwrite(
-            tmp, np.asarray(data, np.float32), compression="zlib", extratags=extra,
-            metadata=None,
+            tmp, tiles(data, np.float32), shape=np.shape(data), dtype=np.float32,
+            tile=(TILE, TILE), compression="zlib", extratags=extra, metadata=None,
         )  # fmt: skip
     return Path(path)

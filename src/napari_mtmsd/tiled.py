@@ -1,0 +1,278 @@
+"""Prediction tile by tile: memory bounded by a tile, not by the scene.
+
+The scene is cut into the dense feature tiles of ``features.plan_tiles``, so every pixel's
+features come from the tile that serves it in the whole-scene cache too and the maps equal the
+cached path's (to float rounding). Predicting a tile is two steps:
+
+1. its *part*: the tile's features (computed by the U-Net, or read from a feature store) turned
+   into what the head needs. The paper's heads classify each pixel on its own, so the part is
+   already the tile's class map and confidence. The few-label head smooths along the scene's
+   edges, so its part is the tile's vectors (the model's input beside the embedded features,
+   ``4 (C + n)`` bytes a pixel) and valid mask;
+2. its *maps*: from the parts of every tile within ``SpatialSVM.halo`` pixels of it (the
+   guided filters' reach), the class map and confidence of the tile. The guide's scaling, a
+   statistic of the whole scene, is computed once beforehand (``scene_statistics``).
+
+Parts no pending tile needs are dropped, so about one row of tiles is held. ``iter_tiles`` runs
+the steps in this process; ``distributed`` runs the same ``TileWork`` as dask tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ._progress import Progress
+from .features import Tile
+
+if TYPE_CHECKING:
+    from .bundle import ClassifierBundle
+    from .io import Cube
+
+#: Pixels classified at once by the paper's heads (a record, and a chance to stop, after each).
+CLASSIFY_CHUNK = 2048
+_ROW_BYTES = 64 << 20  # cube rows read at once by the scene statistics
+
+
+@dataclasses.dataclass(frozen=True)
+class TilePlan:
+    """The tiles of a scene, and for each the tiles whose parts its maps need."""
+
+    shape: tuple[int, int]
+    tiles: tuple[Tile, ...]
+    needs: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def of(cls, shape: tuple[int, int], tiles: list[Tile], halo: int) -> TilePlan:
+        H, W = shape
+        needs = []
+        for t in tiles:
+            r0, r1 = max(0, t.rows[0] - halo), min(H, t.rows[1] + halo)
+            c0, c1 = max(0, t.cols[0] - halo), min(W, t.cols[1] + halo)
+            needs.append(tuple(
+                j for j, u in enumerate(tiles)
+                if u.rows[0] < r1 and r0 < u.rows[1] and u.cols[0] < c1 and c0 < u.cols[1]
+            ))  # fmt: skip
+        return cls((H, W), tuple(tiles), tuple(needs))
+
+    def users(self) -> list[list[int]]:
+        """For each tile, the tiles whose maps need its part."""
+        out: list[list[int]] = [[] for _ in self.tiles]
+        for k, needs in enumerate(self.needs):
+            for j in needs:
+                out[j].append(k)
+        return out
+
+    def size(self, k: int) -> int:
+        t = self.tiles[k]
+        return (t.rows[1] - t.rows[0]) * (t.cols[1] - t.cols[0])
+
+    def region(self, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        return self.tiles[k].rows, self.tiles[k].cols
+
+
+@dataclasses.dataclass
+class TileWork:
+    """What predicting the tiles of one scene needs. Pickled to dask workers without the cube,
+    the U-Net runner and the store, which each process opens once from ``source`` (a
+    ``io.load_input`` spec) and ``store_path``."""
+
+    bundle: ClassifierBundle
+    plan: TilePlan
+    good_bands: np.ndarray  # the scene's usable bands: a pixel's validity is judged on them
+    bounds: Any  # the scene's guide scaling (few-label), else None
+    device: str = "auto"
+    memory_mb: float = 2048
+    source: tuple[str, str | None] | None = None
+    store_path: str | None = None
+    cube: Any = dataclasses.field(default=None, repr=False)
+    store: Any = dataclasses.field(default=None, repr=False)
+    _runner: Any = dataclasses.field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        cube = None if self.source is not None else self.cube  # a cube of no file travels whole
+        return {**self.__dict__, "cube": cube, "store": None, "_runner": None}
+
+    def open(self) -> TileWork:
+        """The cube, the store and the U-Net runner, opened in this process on first use."""
+        if self.cube is None:
+            from .io import load_input
+
+            assert self.source is not None, "a TileWork without a cube needs its source"
+            self.cube = load_input(*self.source)[0]
+        if self.store is None and self.store_path is not None:
+            from .cache import FeatureStore
+
+            self.store = FeatureStore(self.store_path)
+        if self._runner is None and self.store is None:
+            from ._unet_passes import Runner
+
+            self._runner = Runner(self.bundle.model, self.bundle.spec, self.device, self.memory_mb)
+        return self
+
+    def iter_part(
+        self, k: int, span: tuple[int, int], total: int
+    ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+        """Step 1 of tile ``k``: its class map and confidence (paper), or its vectors
+        ``(h, w, C + n)`` float32 and valid mask (few-label). Records move over ``span``."""
+        from .features import iter_tile_features, read_window
+
+        self.open()
+        tile, model = self.plan.tiles[k], self.bundle.model
+        h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
+        if self.store is not None:
+            rr, cc = np.mgrid[slice(*tile.rows), slice(*tile.cols)]
+            centre, glob = self.store.pixels(np.stack([rr.ravel(), cc.ravel()], 1))
+            yield {"stage": "predict", "step": span[0], "total": total}
+        else:
+            work = iter_tile_features(self._runner, model, self.cube, tile, span, total, "predict")
+            centre, glob = yield from work
+        shape = (h * w, *centre.shape[-2:])
+        centre, glob = centre.reshape(shape), glob.reshape(shape)
+        valid = self._valid(tile.rows, tile.cols)
+        if self.bundle.method != "few-label":
+            labels, conf = yield from _iter_classify(
+                self.bundle.classifier, centre, glob, span, total
+            )
+            labels, conf = labels.reshape(h, w), conf.reshape(h, w)
+            return np.where(valid, labels, 0).astype(np.int32), np.where(valid, conf, 0.0)
+        embedded = self.bundle.classifier.embedding.transform_rows(centre, glob).reshape(h, w, -1)
+        prepared = read_window(model, self.cube, tile.rows[0], tile.cols[0], h, w)
+        vectors = np.concatenate([prepared.transpose(1, 2, 0), embedded], axis=-1)
+        return vectors.astype(np.float32, copy=False), valid
+
+    def maps(
+        self, k: int, parts: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Step 2 of tile ``k`` from the parts of ``plan.needs[k]``: class map (h, w) int32 and
+        confidence (h, w) float32."""
+        if self.bundle.method != "few-label":
+            labels, conf = parts[k]
+            return labels, conf.astype(np.float32, copy=False)
+        from .fewlabel import maps_of
+        from .spatial import scale_guide
+
+        tiles = [self.plan.tiles[j] for j in self.plan.needs[k]]
+        r0, c0 = min(t.rows[0] for t in tiles), min(t.cols[0] for t in tiles)
+        r1, c1 = max(t.rows[1] for t in tiles), max(t.cols[1] for t in tiles)
+        n = parts[k][0].shape[-1]
+        vectors, valid = (
+            np.zeros((r1 - r0, c1 - c0, n), np.float32),
+            np.zeros((r1 - r0, c1 - c0), bool),
+        )
+        for j, t in zip(self.plan.needs[k], tiles, strict=True):
+            at = (slice(t.rows[0] - r0, t.rows[1] - r0), slice(t.cols[0] - c0, t.cols[1] - c0))
+            vectors[at], valid[at] = parts[j]
+        tile, head = self.plan.tiles[k], self.bundle.classifier.head
+        halo = head.halo  # the window: the tile and its halo inside the scene
+        wr = (max(tile.rows[0] - halo, r0) - r0, min(tile.rows[1] + halo, r1) - r0)
+        wc = (max(tile.cols[0] - halo, c0) - c0, min(tile.cols[1] + halo, c1) - c0)
+        vectors, valid = vectors[slice(*wr), slice(*wc)], valid[slice(*wr), slice(*wc)]
+        guide = scale_guide(vectors[..., 0], valid, self.bounds)
+        core = (slice(tile.rows[0] - r0 - wr[0], tile.rows[1] - r0 - wr[0]),
+                slice(tile.cols[0] - c0 - wc[0], tile.cols[1] - c0 - wc[0]))  # fmt: skip
+        proba = head.predict_window(vectors, guide, core)
+        return maps_of(self.bundle.classifier.classes_, proba, valid[core])
+
+    def _valid(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+        block = np.asarray(self.cube.data[slice(*rows), slice(*cols)])
+        sub = dataclasses.replace(self.cube, data=block, wavelengths=None)
+        return np.asarray(sub.valid_mask(self.good_bands), bool)
+
+
+def _iter_classify(
+    clf: Any, centre: np.ndarray, glob: np.ndarray, span: tuple[int, int], total: int
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """The paper's heads over a tile's pixels, a chunk at a time."""
+    labels, conf = np.zeros(len(centre), np.int32), np.zeros(len(centre), np.float32)
+    for s in range(0, len(centre), CLASSIFY_CHUNK):
+        sl = slice(s, s + CLASSIFY_CHUNK)
+        labels[sl], conf[sl] = clf.predict_with_confidence(centre[sl], glob[sl])
+        yield {"stage": "predict", "step": span[1], "total": total}
+    return labels, conf
+
+
+def plan_work(
+    bundle: ClassifierBundle,
+    cube: Cube,
+    device: str = "auto",
+    memory_mb: float = 2048,
+    store: Any = None,
+) -> Generator[Progress, None, TileWork]:
+    """The tiles of ``cube`` and the statistics of the whole scene that every tile needs."""
+    from ._unet_passes import Runner
+    from .features import plan_tiles
+
+    bundle.model.check_bands(cube)
+    runner = Runner(bundle.model, bundle.spec, device, memory_mb)
+    H, W = (int(s) for s in cube.data.shape[:2])
+    tiles = plan_tiles(H, W, runner.window, bundle.spec, runner.multiple)
+    few = bundle.method == "few-label"
+    plan = TilePlan.of((H, W), tiles, bundle.classifier.head.halo if few else 0)
+    yield {"stage": "predict", "step": 0, "total": H * W}
+    good = cube.good_bands()  # one pass over the cube, row chunk by row chunk
+    bounds = (yield from scene_statistics(bundle.model, cube, good)) if few else None
+    return TileWork(bundle, plan, good, bounds, device, memory_mb, cube=cube, store=store,
+                    _runner=None if store is not None else runner)  # fmt: skip
+
+
+def scene_statistics(model: Any, cube: Cube, good: np.ndarray) -> Generator[Progress, None, Any]:
+    """The guide's scaling (``spatial.guide_bounds``) from the first component of the model's
+    input over the scene's valid pixels, read row chunk by row chunk: 4 bytes a valid pixel."""
+    from .spatial import guide_bounds
+
+    H = int(cube.data.shape[0])
+    row_bytes = int(np.prod(cube.data.shape[1:])) * np.dtype(cube.data.dtype).itemsize
+    step = max(1, _ROW_BYTES // max(row_bytes, 1))
+    values = []
+    for r0 in range(0, H, step):
+        sub = dataclasses.replace(
+            cube, data=np.asarray(cube.data[r0 : r0 + step]), wavelengths=None
+        )
+        first = model.prepare(sub)[..., 0]
+        values.append(first[np.asarray(sub.valid_mask(good), bool)])
+        yield {"stage": "guide", "step": min(r0 + step, H), "total": H}
+    return guide_bounds(np.concatenate(values))
+
+
+def iter_tiles(
+    work: TileWork, out: tuple[np.ndarray, np.ndarray]
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Predict every tile of ``work`` into ``out`` (class map, confidence), in this process: a
+    record with ``region`` after each tile's maps are written."""
+    plan = work.plan
+    total = plan.shape[0] * plan.shape[1]
+    users, parts, finished = plan.users(), {}, set()
+    left = [set(u) for u in users]  # the users of each part whose maps are not written yet
+    started = 0
+    for j in range(len(plan.tiles)):
+        n = plan.size(j)
+        parts[j] = yield from work.iter_part(j, (started, started + n), total)
+        started += n
+        for k in users[j]:
+            if k in finished or any(i not in parts for i in plan.needs[k]):
+                continue
+            yield write_maps(out, plan, k, work.maps(k, parts), started, total)
+            finished.add(k)
+            for i in plan.needs[k]:
+                left[i].discard(k)
+                if not left[i]:
+                    del parts[i]  # no pending tile needs it
+    return out
+
+
+def write_maps(
+    out: tuple[np.ndarray, np.ndarray],
+    plan: TilePlan,
+    k: int,
+    maps: tuple[np.ndarray, np.ndarray],
+    step: int,
+    total: int,
+) -> Progress:
+    """Tile ``k``'s maps into ``out``; the record that says so."""
+    (r0, r1), (c0, c1) = plan.region(k)
+    out[0][r0:r1, c0:c1], out[1][r0:r1, c0:c1] = maps
+    return {"stage": "predict", "step": step, "total": total, "region": ((r0, r1), (c0, c1))}

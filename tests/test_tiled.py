@@ -1,0 +1,164 @@
+"""Prediction tile by tile: the maps of the whole-scene path, written as tiles finish, in memory
+bounded by the tile; the writers stream the maps into their files."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from napari_mtmsd._progress import run
+from napari_mtmsd.features import FeatureSpec
+from napari_mtmsd.pipeline import iter_features, iter_predict, predict, train
+
+# small tiles, so the 40 x 32 scene is cut into 2 x 2 of them (cores of 24 pixels, the few-label
+# head's halo is 20: each tile needs all its neighbours)
+SPEC = FeatureSpec(
+    timesteps=(100, 400, 700), stages=(0, 1, 2), bf16=False, tile=48, margin=4, noise_draws=1
+)
+FAST = dict(n_models=2, epochs=5, k=8)
+
+
+def few_labels(gt: np.ndarray, per_class: int = 3, seed: int = 0) -> np.ndarray:
+    labels, rng = np.zeros_like(gt), np.random.default_rng(seed)
+    for c in np.unique(gt[gt > 0]):
+        rr, cc = np.nonzero(gt == c)
+        pick = rng.choice(len(rr), per_class, replace=False)
+        labels[rr[pick], cc[pick]] = c
+    return labels
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_model, small_scene, tmp_path_factory):
+    """A bundle of each method and the whole-scene feature store they were trained on."""
+    cube, gt = small_scene
+    cache = tmp_path_factory.mktemp("cache")
+    labels = few_labels(np.asarray(gt.data))
+    out = {m: train(tiny_model, cube, labels, SPEC, device="cpu", cache_dir=cache, method=m,
+                    progress=False, **FAST) for m in ("paper", "few-label")}  # fmt: skip
+    return out, run(iter_features(tiny_model, cube, SPEC, "cpu", cache))
+
+
+def records(job):
+    out = []
+    result = run(job, out.append)
+    return result, out
+
+
+@pytest.mark.parametrize("method", ["paper", "few-label"])
+def test_tiles_give_the_whole_scene_maps(bundles, small_scene, method):
+    from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
+
+    (by_method, store), (cube, gt) = bundles, small_scene
+    bundle = by_method[method]
+    H, W = gt.data.shape
+    if method == "paper":
+        whole = predict(bundle, cube, device="cpu", store=store, progress=False)
+    else:  # the whole scene smoothed and regularised at once
+        emb = bundle.classifier.embedding
+        vectors = SceneVectors.of_features(bundle.model, cube, store, emb)
+        whole = FewLabelScene.of(store, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+    out = (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
+    maps, recs = records(iter_predict(bundle, cube, "cpu", out=out))  # from the U-Net, tiled
+    assert maps[0] is out[0] and maps[1] is out[1]  # filled in place
+    np.testing.assert_array_equal(maps[0], whole[0])
+    np.testing.assert_allclose(maps[1], whole[1], atol=1e-6)
+    # from the store tile by tile, and (few-label) from the kept scene band by band: the same
+    for kwargs in ({"store": store}, {"store": store, "reuse": {}}):
+        again = predict(bundle, cube, device="cpu", progress=False, **kwargs)
+        np.testing.assert_array_equal(again[0], whole[0])
+        np.testing.assert_allclose(again[1], whole[1], atol=1e-6)
+    # every pixel is in exactly one finished region, and progress ends at the scene's pixels
+    covered = np.zeros((H, W), int)
+    for r in recs:
+        if "region" in r:
+            (r0, r1), (c0, c1) = r["region"]
+            covered[r0:r1, c0:c1] += 1
+    assert (covered == 1).all() and len([r for r in recs if "region" in r]) == 4
+    assert recs[-1]["step"] == recs[-1]["total"] == H * W
+
+
+def test_a_stopped_prediction_keeps_the_finished_tiles(bundles, small_scene):
+    (by_method, _), (cube, gt) = bundles, small_scene
+    H, W = gt.data.shape
+    out = (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
+    job = iter_predict(by_method["paper"], cube, "cpu", out=out)
+    first = next(r for r in job if "region" in r)
+    job.close()
+    (r0, r1), (c0, c1) = first["region"]
+    done = np.zeros((H, W), bool)
+    done[r0:r1, c0:c1] = True
+    assert (out[0][done] > 0).all() and (out[1][done] > 0).all()
+    assert not out[0][~done].any() and not out[1][~done].any()
+
+
+def _npy_scene(tmp_path, size: int, seed: int = 3):
+    """A synthetic ``size`` x ``size`` cube written as .npy and opened memory-mapped."""
+    from napari_mtmsd.io import read_cube
+    from napari_mtmsd.samples import synthetic_scene
+
+    cube, _ = synthetic_scene(height=size, width=size, bands=30, n_classes=4, seed=seed)
+    path = tmp_path / f"scene{size}.npy"
+    np.save(path, np.asarray(cube.data, np.float32))
+    return read_cube(path)
+
+
+def _peak_mb(job) -> float:
+    tracemalloc.start()
+    try:
+        run(job)
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("method", ["paper", "few-label"])
+def test_memory_stays_flat_as_the_scene_grows(bundles, tmp_path, method, monkeypatch):
+    """Peak numpy memory of a prediction into memory maps, on scenes of 4x and 16x the pixels
+    of a tile's core: features (the whole-scene store would be 1.7 MB at 4x, 7 MB at 16x),
+    vectors and maps are held a tile at a time, so the peak hardly moves. The passes over the
+    whole cube (valid pixels, the guide's scaling) read row chunks of at most 64 MB: 64 kB
+    here, to the scale of these scenes."""
+    import napari_mtmsd.io._types
+    import napari_mtmsd.tiled
+    from napari_mtmsd.io import scratch_maps
+
+    monkeypatch.setattr(napari_mtmsd.io._types, "CHUNK_BYTES", 1 << 16)
+    monkeypatch.setattr(napari_mtmsd.tiled, "_ROW_BYTES", 1 << 16)
+    bundle = bundles[0][method]
+    peaks = []
+    for size in (48, 96, 192):
+        cube = _npy_scene(tmp_path, size)
+        with scratch_maps(tmp_path, f"m{size}", (size, size)) as out:
+            peaks.append(_peak_mb(iter_predict(bundle, cube, "cpu", out=out)))
+            assert out[0].min() >= 1  # every pixel classified
+    assert peaks[2] < 1.5 * peaks[1] + 0.5, peaks
+    assert peaks[2] < 8, peaks
+
+
+def test_maps_are_written_a_tile_at_a_time(tmp_path):
+    import tifffile
+
+    from napari_mtmsd.io import Georef, read_labels, scratch_maps, write_prediction
+
+    H, W = 1500, 1300
+    georef = Georef(transform=(500000.0, 30.0, 0.0, 4200000.0, 0.0, -30.0), crs="EPSG:32633")
+    with scratch_maps(tmp_path, "big", (H, W)) as (classes, conf):
+        classes[:] = (np.arange(H)[:, None] // 100 + np.arange(W)[None] // 100) % 7 + 1
+        conf[:] = 0.5
+        assert len(list(tmp_path.glob(".tmp-*"))) == 2  # hidden: swept if the process dies
+        for fmt in ("tif", "hdr"):
+            tracemalloc.start()
+            paths = write_prediction(tmp_path / fmt, "scene", fmt, classes, conf, None, None,
+                                     georef)  # fmt: skip
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            # converting either whole map would take 1.9 MB (uint8) or 7.8 MB (float32)
+            assert peak < 1.5 * 2**20, (fmt, peak)
+            back = read_labels(paths[0])
+            np.testing.assert_array_equal(back.data, classes)
+            assert back.georef.transform == georef.transform
+    with tifffile.TiffFile(tmp_path / "tif" / "scene_classes.tif") as tif:
+        assert tif.pages[0].is_tiled
+    assert not list(tmp_path.glob(".tmp-*"))  # the memory maps are gone
