@@ -13,7 +13,6 @@ import pytest
 from napari_mtmsd._progress import run
 from napari_mtmsd.errors import InputError
 from napari_mtmsd.pipeline import iter_predict, predict, train
-
 from test_tiled import FAST, SPEC, few_labels
 
 pytest.importorskip("distributed")

@@ -162,3 +162,26 @@ def test_maps_are_written_a_tile_at_a_time(tmp_path):
     with tifffile.TiffFile(tmp_path / "tif" / "scene_classes.tif") as tif:
         assert tif.pages[0].is_tiled
     assert not list(tmp_path.glob(".tmp-*"))  # the memory maps are gone
+
+
+def test_a_stopped_predict_command_leaves_no_file(bundles, small_scene, tmp_path, monkeypatch):
+    """Ctrl-C during ``napari-mtmsd predict``: exit 130, no map and no scratch file left."""
+    import napari_mtmsd.tiled as tiled
+    from napari_mtmsd.cli import main
+
+    cube, _ = small_scene
+    np.save(tmp_path / "scene.npy", np.asarray(cube.data))
+    bundles[0]["paper"].save(tmp_path / "clf")
+    calls, real = [], tiled.TileWork.maps
+
+    def interrupted(self, k, parts):
+        calls.append(k)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, k, parts)
+
+    monkeypatch.setattr(tiled.TileWork, "maps", interrupted)
+    out = tmp_path / "maps"
+    args = [str(tmp_path / "scene.npy"), "--classifier", str(tmp_path / "clf"), "-o", str(out)]
+    assert main(["predict", *args, "--device", "cpu"]) == 130
+    assert len(calls) == 2 and not list(out.iterdir())

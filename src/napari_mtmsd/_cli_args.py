@@ -69,9 +69,9 @@ def _dask(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--dask",
         metavar="ADDRESS",
-        help="run the tiles as dask.distributed tasks: a scheduler address (tcp://host:8786) or "
-        "local:N for N worker processes here (pip install 'napari-mtmsd[distributed]'; "
-        "docs/scaling.md)",
+        help="run the tiles as dask.distributed tasks: a scheduler address (tcp://host:8786), "
+        "its scheduler file (.json), or local:N for N worker processes here (pip install "
+        "'napari-mtmsd[distributed]'; docs/scaling.md)",
     )
 
 
@@ -103,6 +103,7 @@ def _add_extract(sub: Subparsers) -> None:
     sp.add_argument("--mode", default="dense", choices=("dense", "patch"))
     sp.add_argument("--pixels", default="all", help="'all' or 'labelled:GT_FILE'")
     _features(sp)
+    _dask(sp)
     _common(sp)
     _overwrite(sp)
 
@@ -165,6 +166,7 @@ def _add_evaluate(sub: Subparsers) -> None:
     sp.add_argument("--json", help="write the report here")
     sp.add_argument("--png", help="write class map and confusion matrix PNGs here")
     _features(sp)
+    _dask(sp)
     add_arguments(sp, ClassifierConfig, ("method", "k", "n_models", "epochs"))
     _common(sp)
     _overwrite(sp)

@@ -120,8 +120,11 @@ def cmd_extract(a: argparse.Namespace) -> int:
     else:
         raise InputError(f"--pixels takes 'all' or 'labelled:GT_FILE', not {a.pixels!r}")
     about = {"model": str(a.model), "input": a.input}
-    job = iter_export(model, cube, _spec(a), a.output, labels, a.device, a.cache_dir, about)
-    shape = _run(job)
+    with _engine(a.dask) as engine:
+        job = iter_export(
+            model, cube, _spec(a), a.output, labels, a.device, a.cache_dir, about, engine
+        )
+        shape = _run(job)
     print(f"features {shape} x 2 (centre, global) float16 -> {a.output}")
     return 0
 
@@ -303,7 +306,6 @@ def cmd_update(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluation import iter_evaluate
     from .io import load_input, read_labels
 
     _check_report_outputs(a.json, a.png, a.overwrite)
@@ -313,7 +315,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if gt is None:
         raise InputError(f"{a.input} brings no ground truth: give --ground-truth GT_FILE")
     model = _load_model(a.model) if a.model else None
-    report = _run(
+    with _engine(a.dask) as engine:
+        report = _evaluate(a, cube, gt, model, engine)
+    _show_report(report, a.json, a.png, gt.class_names, gt.colors)
+    return 0
+
+
+def _evaluate(a: argparse.Namespace, cube: Any, gt: Any, model: Any, engine: Any) -> Any:
+    from .evaluation import iter_evaluate
+
+    return _run(
         iter_evaluate(
             cube,
             gt.data,
@@ -328,11 +339,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             cache_dir=a.cache_dir if a.cache_dir else False,
             baselines=tuple(b for b in a.baselines.split(",") if b),
             class_names=gt.class_names,
+            engine=engine,
             **_classifier_kwargs(a),
         )
     )
-    _show_report(report, a.json, a.png, gt.class_names, gt.colors)
-    return 0
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Tiles as dask.distributed tasks: a large scene spread over the cores of a cluster.
 
-``DaskEngine(address)`` connects to a scheduler (``tcp://host:8786``) or starts ``local:N``, a
-``LocalCluster`` of N worker processes of one thread each; ``predict``, ``extract`` and
+``DaskEngine(address)`` connects to a scheduler (``tcp://host:8786``, or the ``.json`` file of
+``dask scheduler --scheduler-file``) or starts ``local:N``, a ``LocalCluster`` of N worker
+processes of one thread each; ``predict``, ``extract`` and
 ``evaluate`` take it as ``--dask ADDRESS`` (docs/scaling.md).
 
 How the work travels: the ``tiled.TileWork`` of a scene (the classifier bundle, the tiles, the
@@ -60,12 +61,15 @@ class DaskEngine:
             )
             self.client = distributed.Client(self.cluster)
         else:
+            where = (
+                {"scheduler_file": address} if address.endswith(".json") else {"address": address}
+            )
             try:
-                self.client = distributed.Client(address, timeout="20s")
+                self.client = distributed.Client(**where, timeout="20s")
             except (OSError, TimeoutError, ValueError) as e:
                 raise InputError(
                     f"--dask {address}: no dask scheduler answers there ({e}); expected an "
-                    "address such as tcp://host:8786, or local:N"
+                    "address such as tcp://host:8786, a scheduler file (.json), or local:N"
                 ) from e
 
     def close(self) -> None:
@@ -127,6 +131,71 @@ class DaskEngine:
                 self.client.cancel([f for f, _ in pending.values()] + list(parts.values()))
         return out
 
+    def iter_scene(
+        self,
+        model: Any,
+        cube: Any,
+        spec: Any,
+        sink: Callable[[Any, np.ndarray, np.ndarray], None],
+        device: str = "auto",
+        memory_mb: float = 2048,
+    ) -> Generator[Progress, None, None]:
+        """``features.iter_scene`` with the tiles as tasks: each tile's features are handed
+        to ``sink(tile, centre, glob)`` here as they arrive. A tile's features are large (a
+        ``cpu``-preset tile ~1 GB), so at most one per worker thread waits beside the running
+        ones."""
+        from ._unet_passes import Runner
+        from .features import plan_tiles
+
+        if spec.mode != "dense":
+            raise InputError(
+                "whole-scene features use mode='dense'; 'patch' is for sampled pixels"
+            )
+        runner = Runner(model, spec, device, memory_mb)
+        H, W = (int(s) for s in cube.data.shape[:2])
+        tiles = plan_tiles(H, W, runner.window, spec, runner.multiple)
+        job = SceneTiles(model, spec, tuple(tiles), device, memory_mb, cube=cube)
+        shipped = self.client.scatter(shippable(job), broadcast=True, hash=False)
+        token, limit, pending = uuid.uuid4().hex[:8], max(2, 2 * self.threads()), {}
+        queue, submitted, done = self._as_completed(), 0, 0
+        try:
+            for _ in tiles:
+                while submitted < len(tiles) and len(pending) < limit:
+                    fut = self._submit(_features, shipped, submitted, key=f"f-{token}-{submitted}")
+                    pending[fut.key], submitted = (fut, submitted), submitted + 1
+                    queue.add(fut)
+                fut = next(queue)
+                tile = tiles[pending.pop(fut.key)[1]]
+                sink(tile, *fut.result())
+                done += (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0])
+                yield {"stage": "features", "step": done, "total": H * W}
+        finally:
+            self.client.cancel([f for f, _ in pending.values()])
+
+    def iter_export(
+        self, model: Any, cube: Any, spec: Any, directory: Any, device: str = "auto"
+    ) -> Generator[Progress, None, tuple[int, ...]]:
+        """Every pixel's features into ``directory``/``centre.npy``, ``global.npy`` ((H, W, T,
+        D) float16 memory maps, written here tile by tile) -> their shape."""
+        from .features import feature_dim
+
+        H, W = (int(s) for s in cube.data.shape[:2])
+        shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
+        maps = [
+            np.lib.format.open_memmap(directory / name, "w+", np.float16, shape)
+            for name in ("centre.npy", "global.npy")
+        ]
+
+        def sink(tile: Any, centre: np.ndarray, glob: np.ndarray) -> None:
+            at = (slice(*tile.rows), slice(*tile.cols))
+            maps[0][at], maps[1][at] = centre, glob
+
+        yield from self.iter_scene(model, cube, spec, sink, device)
+        for m in maps:
+            m.flush()
+        maps.clear()
+        return shape
+
     def _submit(self, fn: Callable[..., Any], *args: Any, key: str) -> Any:
         return self.client.submit(fn, *args, key=key, pure=False)
 
@@ -134,7 +203,41 @@ class DaskEngine:
         return _distributed().as_completed()
 
 
-def shippable(work: TileWork) -> TileWork:
+@dataclasses.dataclass
+class SceneTiles:
+    """The dense feature tiles of a scene, as tasks compute them (``DaskEngine.iter_scene``);
+    shipped as ``TileWork`` is."""
+
+    model: Any
+    spec: Any
+    tiles: tuple[Any, ...]
+    device: str = "auto"
+    memory_mb: float = 2048
+    source: tuple[str, str | None] | None = None
+    store_path: str | None = None
+    store: Any = None
+    cube: Any = dataclasses.field(default=None, repr=False)
+    _runner: Any = dataclasses.field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        cube = None if self.source is not None else self.cube
+        return {**self.__dict__, "cube": cube, "_runner": None}
+
+    def features(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from ._unet_passes import Runner
+        from .features import iter_tile_features
+        from .io import load_input
+
+        if self.cube is None:
+            self.cube = load_input(*self.source)[0]
+        if self._runner is None:
+            self._runner = Runner(self.model, self.spec, self.device, self.memory_mb)
+        return run(
+            iter_tile_features(self._runner, self.model, self.cube, self.tiles[k], (0, 1), 1)
+        )
+
+
+def shippable(work: Any) -> Any:
     """``work`` as the workers get it: the cube named by its file (opened there), the store by
     its directory; a cube read from no file (a sample) travels whole."""
     path = work.cube.metadata.get("path") if work.cube is not None else None
@@ -146,6 +249,10 @@ def shippable(work: TileWork) -> TileWork:
             raise InputError("--dask predicts from features of the whole scene (dense mode)")
     store_path = str(store_path) if store_path else None
     return dataclasses.replace(work, source=source, store_path=store_path)
+
+
+def _features(job: SceneTiles, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return job.features(k)
 
 
 def _part(work: TileWork, k: int) -> Any:

@@ -69,6 +69,7 @@ def iter_evaluate(
     cache_dir: str | Path | bool | None = False,
     baselines: tuple[str, ...] = ("linear", "svm", "rf"),
     class_names: list[str] | None = None,
+    engine: Any = None,
     **classifier_kwargs: Any,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """The whole method on one cube with ground truth, scored on test pixels only.
@@ -77,6 +78,7 @@ def iter_evaluate(
     so its seed is independent of the split's ``seed``. Returns the report the CLI prints and saves:
     ``oa``, ``aa``, ``kappa`` (x100), ``per_class_accuracy``, ``confusion_matrix``, ``n_train``,
     ``n_test``, ``timings_s``, ``peak_rss_mb``, ``config``, ``baselines``, plus the maps.
+    ``engine`` (``distributed.DaskEngine``) predicts the scene's tiles as dask tasks.
     """
     from .pretrain import iter_pretrain
     from .splits import make_split
@@ -100,7 +102,7 @@ def iter_evaluate(
         timings["features"] = time.perf_counter() - t0
         report = yield from _iter_score(
             model, cube, gt, (train_mask, test_mask), spec, store, device, seed, class_names,
-            baselines, timings, classifier_kwargs,
+            baselines, timings, classifier_kwargs, engine,
         )  # fmt: skip
     timings["total"] = time.perf_counter() - t_start
     report.update(
@@ -157,6 +159,7 @@ def _iter_score(
     baselines: tuple[str, ...],
     timings: dict[str, float],
     classifier_kwargs: dict[str, Any],
+    engine: Any = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """Train on the training mask, predict the scene, score the test pixels and the baselines."""
     from .metrics import scores
@@ -169,7 +172,7 @@ def _iter_score(
     )  # fmt: skip
     timings["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    class_map, confidence = yield from iter_predict(bundle, cube, device, store=store)
+    class_map, confidence = yield from iter_predict(bundle, cube, device, store=store, engine=engine)
     timings["predict"] = time.perf_counter() - t0
 
     test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))

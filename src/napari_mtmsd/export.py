@@ -31,31 +31,35 @@ def iter_export(
     device: str = "auto",
     cache_dir: str | Path | None = None,
     about: dict[str, Any] | None = None,
+    engine: Any = None,
 ) -> Generator[Progress, None, tuple[int, ...]]:
-    """Every pixel's features (dense, through the cache), or with ``labels`` (H, W) those of its
-    labelled pixels, into the directory ``out`` (atomically); returns their shape. ``about``
-    joins the sidecar (where the model and the input came from)."""
+    """Every pixel's features (dense, through the cache; with ``engine``, a
+    ``distributed.DaskEngine``, computed as dask tasks straight into the output), or with
+    ``labels`` (H, W) those of its labelled pixels, into the directory ``out`` (atomically);
+    returns their shape. ``about`` joins the sidecar (where the model and the input came from)."""
     from .features import iter_extract_pixels
 
     out = Path(out)
     with atomic_dir(out, kind="features") as tmp:
-        if labels is None:
-            if spec.mode != "dense":
-                raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")
+        if labels is None and spec.mode != "dense":
+            raise InputError("--pixels all needs --mode dense (patch mode is per pixel)")
+        if labels is None and engine is not None:
+            shape = yield from engine.iter_export(model, cube, spec, tmp, device)
+            layout = "(rows, cols, timesteps, channels)"
+        elif labels is None:
             store = yield from iter_features(model, cube, spec, device, cache_dir)
-            centre, glob = store.centre, store.glob
+            shape = _save(tmp, store.centre, store.glob)
             layout = "(rows, cols, timesteps, channels)"
         else:
             coords, y = labelled_pixels(labels)
             centre, glob = yield from iter_extract_pixels(model, cube, coords, spec, device)
             np.save(tmp / "coords.npy", coords)
             np.save(tmp / "labels.npy", y)
+            shape = _save(tmp, centre, glob)
             layout = "(pixels, timesteps, channels); coords.npy gives (row, col) of each pixel"
-        np.save(tmp / "centre.npy", centre)
-        np.save(tmp / "global.npy", glob)
         sidecar = {
             "layout": layout,
-            "shape": list(centre.shape),
+            "shape": list(shape),
             "dtype": "float16",
             "spec": spec.to_dict(),
             "stage_channels": list(model.unet.stage_channels(spec.stages)),
@@ -63,4 +67,10 @@ def iter_export(
             "model_fingerprint": model.fingerprint(),
         }
         (tmp / "features.json").write_text(json.dumps(sidecar, indent=1))
+    return tuple(shape)
+
+
+def _save(tmp: Path, centre: Any, glob: Any) -> tuple[int, ...]:
+    np.save(tmp / "centre.npy", centre)
+    np.save(tmp / "global.npy", glob)
     return tuple(centre.shape)

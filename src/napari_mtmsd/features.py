@@ -440,17 +440,11 @@ def _check_coords(coords: Sequence | np.ndarray, cube: Cube) -> np.ndarray:
     return coords.astype(np.int64)
 
 
+
 def iter_tile_features(
-    runner: passes.Runner,
-    model: DiffusionModel,
-    cube: Cube,
-    tile: Tile,
-    span: tuple[int, int],
-    total: int,
-    stage: str = "features",
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
-    """Features of the pixels one tile of :func:`plan_tiles` serves -> centre, glob
-    (h, w, T, D) float16, exactly as :func:`iter_scene` computes them: the unit of a tiled
-    prediction or of a dask task. Records move ``step`` over ``span`` of ``total``."""
+    runner: passes.Runner, model: DiffusionModel, cube: Cube, tile: Tile, span: tuple[int, int],
+    total: int, stage: str = "features",
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """A tile of :func:`plan_tiles` as :func:`iter_scene` makes it: a unit of ``tiled``."""
     work = _iter_tile(runner, model, cube, tile)
     return (yield from paced(work, Pacer(), _tile_flops(runner, tile), span, total, stage))
