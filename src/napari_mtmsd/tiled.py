@@ -138,7 +138,9 @@ class TileWork:
                 self.bundle.classifier, centre, glob, span, total
             )
             labels, conf = labels.reshape(h, w), conf.reshape(h, w)
-            return np.where(valid, labels, 0).astype(np.int32), np.where(valid, conf, 0.0)
+            return np.where(valid, labels, 0).astype(np.int32), np.where(
+                valid, conf, np.float32(0)
+            )
         embedded = self.bundle.classifier.embedding.transform_rows(centre, glob).reshape(h, w, -1)
         prepared = read_window(model, self.cube, tile.rows[0], tile.cols[0], h, w)
         vectors = np.concatenate([prepared.transpose(1, 2, 0), embedded], axis=-1)
@@ -150,30 +152,30 @@ class TileWork:
         """Step 2 of tile ``k`` from the parts of ``plan.needs[k]``: class map (h, w) int32 and
         confidence (h, w) float32."""
         if self.bundle.method != "few-label":
-            labels, conf = parts[k]
-            return labels, conf.astype(np.float32, copy=False)
+            return parts[k]
         from .fewlabel import maps_of
         from .spatial import scale_guide
 
-        tiles = [self.plan.tiles[j] for j in self.plan.needs[k]]
-        r0, c0 = min(t.rows[0] for t in tiles), min(t.cols[0] for t in tiles)
-        r1, c1 = max(t.rows[1] for t in tiles), max(t.cols[1] for t in tiles)
-        n = parts[k][0].shape[-1]
-        vectors, valid = (
-            np.zeros((r1 - r0, c1 - c0, n), np.float32),
-            np.zeros((r1 - r0, c1 - c0), bool),
-        )
-        for j, t in zip(self.plan.needs[k], tiles, strict=True):
-            at = (slice(t.rows[0] - r0, t.rows[1] - r0), slice(t.cols[0] - c0, t.cols[1] - c0))
-            vectors[at], valid[at] = parts[j]
-        tile, head = self.plan.tiles[k], self.bundle.classifier.head
-        halo = head.halo  # the window: the tile and its halo inside the scene
-        wr = (max(tile.rows[0] - halo, r0) - r0, min(tile.rows[1] + halo, r1) - r0)
-        wc = (max(tile.cols[0] - halo, c0) - c0, min(tile.cols[1] + halo, c1) - c0)
-        vectors, valid = vectors[slice(*wr), slice(*wc)], valid[slice(*wr), slice(*wc)]
+        (H, W), tile = self.plan.shape, self.plan.tiles[k]
+        head = self.bundle.classifier.head  # the window: the tile and its halo in the scene
+        r0, r1 = max(0, tile.rows[0] - head.halo), min(H, tile.rows[1] + head.halo)
+        c0, c1 = max(0, tile.cols[0] - head.halo), min(W, tile.cols[1] + head.halo)
+        vectors = np.empty((r1 - r0, c1 - c0, parts[k][0].shape[-1]), np.float32)
+        valid = np.empty((r1 - r0, c1 - c0), bool)
+        for j in self.plan.needs[k]:  # their cores cover the window
+            t, (v, ok) = self.plan.tiles[j], parts[j]
+            (rs, re), (cs, ce) = (
+                (max(t.rows[0], r0), min(t.rows[1], r1)),
+                (max(t.cols[0], c0), min(t.cols[1], c1)),
+            )
+            into = (slice(rs - r0, re - r0), slice(cs - c0, ce - c0))
+            at = (slice(rs - t.rows[0], re - t.rows[0]), slice(cs - t.cols[0], ce - t.cols[0]))
+            vectors[into], valid[into] = v[at], ok[at]
         guide = scale_guide(vectors[..., 0], valid, self.bounds)
-        core = (slice(tile.rows[0] - r0 - wr[0], tile.rows[1] - r0 - wr[0]),
-                slice(tile.cols[0] - c0 - wc[0], tile.cols[1] - c0 - wc[0]))  # fmt: skip
+        core = (
+            slice(tile.rows[0] - r0, tile.rows[1] - r0),
+            slice(tile.cols[0] - c0, tile.cols[1] - c0),
+        )
         proba = head.predict_window(vectors, guide, core)
         return maps_of(self.bundle.classifier.classes_, proba, valid[core])
 
