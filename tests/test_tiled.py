@@ -79,6 +79,17 @@ def test_tiles_give_the_whole_scene_maps(bundles, small_scene, method):
     assert recs[-1]["step"] == recs[-1]["total"] == H * W
 
 
+def test_patch_features_are_refused_for_a_whole_scene(bundles, small_scene):
+    import dataclasses
+
+    from napari_mtmsd.errors import InputError
+
+    bundle = bundles[0]["paper"]
+    patch = dataclasses.replace(bundle, spec=dataclasses.replace(SPEC, mode="patch"))
+    with pytest.raises(InputError, match="dense features"):
+        predict(patch, small_scene[0], device="cpu", progress=False)
+
+
 def test_a_stopped_prediction_keeps_the_finished_tiles(bundles, small_scene):
     (by_method, _), (cube, gt) = bundles, small_scene
     H, W = gt.data.shape

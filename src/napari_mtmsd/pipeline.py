@@ -207,9 +207,10 @@ def iter_predict(
     """Class map (H, W) int32 (0 where the cube is invalid or has no features) and confidence
     (H, W) float32 (the ensemble's mean softmax of the predicted class).
 
-    Features come from ``store``, else from the cache in ``cache_dir`` (built when missing),
-    else straight from the U-Net tile by tile (``tiled``): memory bounded by a tile, nothing
-    kept. ``engine`` (a ``distributed.DaskEngine``) runs the tiles as dask tasks. ``out``, two
+    Features come from ``store``, else from the cache in ``cache_dir`` (built when missing,
+    except with an ``engine``), else straight from the U-Net tile by tile (``tiled``): memory
+    bounded by a tile, nothing kept. ``engine`` (a ``distributed.DaskEngine``) runs the tiles
+    as dask tasks. ``out``, two
     C-contiguous (H, W) int32 / float32 arrays of zeros (e.g. memory maps), is filled in place
     and returned; after each finished piece a record carries its ``"region"``
     (``((r0, r1), (c0, c1))``), so a stopped prediction leaves the finished regions filled.
@@ -224,6 +225,10 @@ def iter_predict(
     out = out or (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
     if store is None and cache_dir is not None and engine is None:
         store = yield from iter_features(bundle.model, cube, bundle.spec, device, cache_dir)
+    elif store is None and cache_dir is not None:  # the workers compute what is not cached
+        from .cache import lookup
+
+        store = lookup(bundle.model, cube, bundle.spec, cache_dir, device)
     if store is None or engine is not None or (bundle.method == "few-label" and reuse is None):
         from .tiled import iter_tiles, plan_work
 

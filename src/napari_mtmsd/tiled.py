@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._progress import Progress
+from .errors import InputError
 from .features import Tile
 
 if TYPE_CHECKING:
@@ -209,6 +210,11 @@ def plan_work(
     from .features import plan_tiles
 
     bundle.model.check_bands(cube)
+    if bundle.spec.mode != "dense":
+        raise InputError(
+            "a whole scene is predicted from dense features; this classifier was trained on "
+            "'patch' ones (one window per pixel): train it with mode='dense'"
+        )
     runner = Runner(bundle.model, bundle.spec, device, memory_mb)
     H, W = (int(s) for s in cube.data.shape[:2])
     tiles = plan_tiles(H, W, runner.window, bundle.spec, runner.multiple)
