@@ -94,7 +94,6 @@ class DaskEngine:
         plan, few = work.plan, work.bundle.method == "few-label"
         total, users = plan.shape[0] * plan.shape[1], plan.users()
         reach = max(max(needs) - k for k, needs in enumerate(plan.needs))
-        limit = max(2 * self.threads(), reach + 2)  # the lowest pending tile's needs are out
         shipped = self.client.scatter(shippable(work), broadcast=True, hash=False)
         token = uuid.uuid4().hex[:8]
         parts: dict[int, Any] = {}
@@ -107,6 +106,8 @@ class DaskEngine:
 
         try:
             while finished < len(plan.tiles):
+                # workers may join meanwhile; the lowest pending tile's needs are always out
+                limit = max(2 * self.threads(), reach + 2)
                 while submitted < len(plan.tiles) and submitted - finished < limit:
                     j, submitted = submitted, submitted + 1
                     parts[j] = self._submit(_part, shipped, j, key=f"part-{token}-{j}")
@@ -156,11 +157,11 @@ class DaskEngine:
         tiles = plan_tiles(H, W, runner.window, spec, runner.multiple)
         job = SceneTiles(model, spec, tuple(tiles), device, memory_mb, cube=cube)
         shipped = self.client.scatter(shippable(job), broadcast=True, hash=False)
-        token, limit, pending = uuid.uuid4().hex[:8], max(2, 2 * self.threads()), {}
+        token, pending = uuid.uuid4().hex[:8], {}
         queue, submitted, done = self._as_completed(), 0, 0
         try:
             for _ in tiles:
-                while submitted < len(tiles) and len(pending) < limit:
+                while submitted < len(tiles) and len(pending) < max(2, 2 * self.threads()):
                     fut = self._submit(_features, shipped, submitted, key=f"f-{token}-{submitted}")
                     pending[fut.key], submitted = (fut, submitted), submitted + 1
                     queue.add(fut)
