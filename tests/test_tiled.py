@@ -79,6 +79,28 @@ def test_tiles_give_the_whole_scene_maps(bundles, small_scene, method):
     assert recs[-1]["step"] == recs[-1]["total"] == H * W
 
 
+def test_a_halo_wider_than_a_tile_reaches_further_tiles(tiny_model, small_scene, tmp_path):
+    """Tiles of 16-pixel cores, the few-label halo 20: a tile's maps need tiles two away."""
+    import dataclasses
+
+    from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
+    from napari_mtmsd.tiled import plan_work
+
+    cube, gt = small_scene
+    spec = dataclasses.replace(SPEC, tile=40)
+    bundle = train(tiny_model, cube, few_labels(np.asarray(gt.data)), spec, device="cpu",
+                   cache_dir=tmp_path, method="few-label", progress=False)  # fmt: skip
+    store = run(iter_features(tiny_model, cube, spec, "cpu", tmp_path))
+    emb = bundle.classifier.embedding
+    vectors = SceneVectors.of_features(tiny_model, cube, store, emb)
+    whole = FewLabelScene.of(store, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+    plan = run(plan_work(bundle, cube, "cpu")).plan
+    assert len(plan.tiles) == 6 and max(len(n) for n in plan.needs) == 6  # 3 x 2 tiles
+    tiled = predict(bundle, cube, device="cpu", progress=False)
+    np.testing.assert_array_equal(tiled[0], whole[0])
+    np.testing.assert_allclose(tiled[1], whole[1], atol=1e-6)
+
+
 def test_patch_features_are_refused_for_a_whole_scene(bundles, small_scene):
     import dataclasses
 
