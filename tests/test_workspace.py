@@ -150,3 +150,48 @@ def test_first_map_before_any_model_then_the_mtmsd_map(small_scene, tiny_model, 
     ws.set_model(tiny_model)
     mtmsd = ws.train(progress=False)
     assert mtmsd.method == "few-label" and ws.bundle.method == "few-label"
+
+
+def test_the_map_fills_in_place_and_a_stop_keeps_what_is_done(
+    small_scene, tiny_model, tmp_path, monkeypatch
+):
+    """A prediction fills its map region by region (events ``partial`` then ``partial_region``),
+    ends with the map a plain prediction gives, and a Stop leaves the finished rows filled, the
+    rest zeros, and the last complete prediction in place."""
+    from napari_mtmsd import pipeline
+
+    monkeypatch.setattr(pipeline, "PREDICT_CHUNK", 256)  # 8 rows of 32: five pieces of 40 rows
+    cube, gt = small_scene
+    ws = Workspace(
+        cube, tiny_model, spec=SPEC, device="cpu", cache_dir=tmp_path,
+        classifier=ClassifierConfig(method="paper", n_models=1, epochs=3, update_epochs=1),
+    )  # fmt: skip
+    ws.set_labels(_strokes(gt.data, 4, seed=0), gt.class_names, gt.colors)
+    started, regions, filled = [], [], []
+    ws.events.partial.connect(started.append)
+    ws.events.partial_region.connect(regions.append)
+    ws.events.partial_region.connect(lambda _: filled.append(int((ws.partial.class_map > 0).sum())))
+
+    job = ws.train_job()
+    prediction = job.run(progress=False)
+    assert started == [job.partial] and ws.partial is None  # complete: the prediction now
+    assert sorted(r for r, _ in regions) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
+    assert filled == [256, 512, 768, 1024, 1280]  # every pixel of the scene is valid
+    assert np.shares_memory(prediction.class_map, job.partial.class_map)  # not copied
+    plain = pipeline.predict(ws.bundle, cube, "cpu", store=ws.features, progress=False)
+    np.testing.assert_array_equal(prediction.class_map, plain[0])
+    np.testing.assert_allclose(prediction.confidence, plain[1], rtol=1e-6)
+
+    ws.set_labels(np.where(ws.labels > 0, ws.labels, _strokes(gt.data, 2, seed=5)))
+    job = ws.update_job()
+    seen = 0
+    for record in job.steps:  # what the panel's worker does, stopped after two pieces
+        job.on_record(record)
+        seen += "region" in record
+        if seen == 2:
+            break
+    job.steps.close()
+    assert ws.prediction is prediction and ws.partial is job.partial
+    assert (job.partial.class_map[:16] > 0).all() and (job.partial.class_map[16:] == 0).all()
+    assert (job.partial.confidence[16:] == 0).all()
+    assert job.stopped().startswith("stopped: 40 % of the scene predicted")

@@ -34,6 +34,36 @@ class Prediction:
 
 
 @dataclasses.dataclass
+class PartialMap:
+    """A class map being predicted: ``class_map`` (H, W) int32 and ``confidence`` (H, W)
+    float32 are what ``pipeline.iter_predict(out=...)`` fills in place (zeros: not predicted
+    yet), so a viewer shows them as they grow and a Stop keeps what is done; ``done`` counts
+    the pixels of the regions reported finished."""
+
+    class_map: np.ndarray
+    confidence: np.ndarray
+    done: int = 0
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> PartialMap:
+        rows, cols = int(shape[0]), int(shape[1])
+        return cls(np.zeros((rows, cols), np.int32), np.zeros((rows, cols), np.float32))
+
+    @property
+    def out(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.class_map, self.confidence
+
+    @property
+    def fraction(self) -> float:
+        """The share of the scene predicted (finished regions do not overlap)."""
+        return min(1.0, self.done / max(1, self.class_map.size))
+
+    def add(self, region: tuple[tuple[int, int], tuple[int, int]]) -> None:
+        (r0, r1), (c0, c1) = region
+        self.done += (r1 - r0) * (c1 - c0)
+
+
+@dataclasses.dataclass
 class UpdatePlan:
     """What an Update does: continue ``warm_start`` (with the ``classifier`` keywords: its
     epochs), or train afresh (``reason`` says why when an Update was asked for)."""
@@ -99,10 +129,16 @@ class Fitted:
 
 
 def iter_fit_and_map(
-    inputs: FitInputs, plan: UpdatePlan, labels: np.ndarray, store: Any, reuse: dict
+    inputs: FitInputs,
+    plan: UpdatePlan,
+    labels: np.ndarray,
+    store: Any,
+    reuse: dict,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Generator[Progress, None, Fitted]:
-    """Features (``store``, else from the cache), training as ``plan`` says, the class map and
-    the places to paint next."""
+    """Features (``store``, else from the cache), training as ``plan`` says, the class map (into
+    ``out`` as it is predicted, when given: see :class:`PartialMap`) and the places to paint
+    next."""
     from .pipeline import iter_features, iter_predict, iter_train
     from .suggest import suggest
 
@@ -113,7 +149,9 @@ def iter_fit_and_map(
         model, cube, labels, spec, class_names=inputs.class_names, colors=inputs.colors,
         device=device, store=store, warm_start=plan.warm_start, reuse=reuse, **plan.classifier,
     )  # fmt: skip
-    class_map, confidence = yield from iter_predict(bundle, cube, device, store=store, reuse=reuse)
+    class_map, confidence = yield from iter_predict(
+        bundle, cube, device, store=store, reuse=reuse, out=out
+    )
     places, _ = suggest(1.0 - confidence, labels, class_map > 0)
     prediction = Prediction(class_map, confidence, places, bundle.method)
     return Fitted(store, reuse, bundle, labels, prediction)

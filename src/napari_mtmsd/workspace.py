@@ -11,6 +11,11 @@ ws.update()                        # continues the classifier: a few epochs (war
 ws.class_map, ws.confidence
 ```
 
+A job that predicts a map fills it as it goes (``update.PartialMap``): the workspace emits
+``events.partial`` with the map's arrays when the first region is done and ``partial_region``
+with each further one, so a viewer shows the map grow; a Stop leaves that map in
+:attr:`Workspace.partial` and the last complete one in :attr:`Workspace.prediction`.
+
 Every long step exists as a :class:`Job`: ``steps`` (a progress generator, see ``_progress``)
 computes without touching the workspace, so it may run in a worker thread; ``commit`` puts its
 result into the workspace in the caller's thread, which then emits ``events`` (psygnal) for the
@@ -36,6 +41,7 @@ from .features import FeatureSpec
 from .update import (
     FitInputs,
     Fitted,
+    PartialMap,
     Prediction,
     UpdatePlan,
     iter_fit_and_map,
@@ -51,7 +57,9 @@ if TYPE_CHECKING:
 
 
 class WorkspaceEvents(SignalGroup):
-    """What changed; each signal is emitted without arguments after the state is in place."""
+    """What changed; each signal is emitted after the state is in place, without arguments but
+    for a map being predicted: ``partial`` (the ``PartialMap`` that started filling, in place)
+    and ``partial_region`` (((r0, r1), (c0, c1)) of it just written)."""
 
     cube = Signal()
     model = Signal()
@@ -60,21 +68,53 @@ class WorkspaceEvents(SignalGroup):
     features = Signal()
     classifier = Signal()
     prediction = Signal()
+    partial = Signal(object)
+    partial_region = Signal(object)
 
 
 @dataclasses.dataclass
 class Job:
     """A long step: ``steps`` computes (any thread), ``commit(result)`` applies it (caller's
     thread). ``note`` tells the user why the job is not the one asked for (an Update that
-    trains afresh)."""
+    trains afresh). A job that predicts a map has its ``partial`` map, and ``on_record``, which
+    the caller's thread calls with every record (also those that arrive after a Stop), turns
+    the records' finished regions into the workspace's ``partial`` events."""
 
     name: str
     steps: Generator[Progress, None, Any]
     commit: Callable[[Any], Any]
     note: str | None = None
+    partial: PartialMap | None = None
+    on_record: Callable[[Progress], None] | None = None
 
     def run(self, progress: bool = True) -> Any:
-        return self.commit(run_with_bar(self.steps, self.name, progress))
+        steps = self.steps if self.on_record is None else _tap(self.steps, self.on_record)
+        return self.commit(run_with_bar(steps, self.name, progress))
+
+    def stopped(self) -> str:
+        """What a Stop leaves, in words (the status line)."""
+        if self.partial is None or self.partial.done == 0:
+            return "stopped, nothing changed"
+        return (
+            f"stopped: {100 * self.partial.fraction:.0f} % of the scene predicted (kept on "
+            "screen; the last complete prediction is unchanged)"
+        )
+
+
+def _tap(
+    steps: Generator[Progress, None, Any], see: Callable[[Progress], None]
+) -> Generator[Progress, None, Any]:
+    """``steps`` with ``see`` called on each record in the thread that drives them."""
+    try:
+        while True:
+            try:
+                record = next(steps)
+            except StopIteration as stop:
+                return stop.value
+            see(record)
+            yield record
+    finally:
+        steps.close()
 
 
 class Workspace:
@@ -106,6 +146,7 @@ class Workspace:
         self.labels: np.ndarray | None = None
         self.bundle: ClassifierBundle | None = None
         self.prediction: Prediction | None = None
+        self.partial: PartialMap | None = None  # being predicted, or left by a Stop
         self.train_labels_used: np.ndarray | None = None  # scores leave these pixels out
         self._store: Any | None = None
         self._store_key: tuple | None = None
@@ -140,7 +181,7 @@ class Workspace:
         if cube is not self.cube:
             self.cube, self._cube_serial = cube, self._cube_serial + 1
             self._drop_features()
-            self._spectral = None
+            self._spectral, self.partial = None, None
         self.events.cube.emit()
         self.events.features.emit()
 
@@ -311,22 +352,46 @@ class Workspace:
         return self.labels
 
     def _fit_job(self, name: str, plan: UpdatePlan, note: str | None = None) -> Job:
-        """The Update's steps (``update.iter_fit_and_map``) on what the workspace holds now."""
+        """The Update's steps (``update.iter_fit_and_map``) on what the workspace holds now,
+        its map filled in place as it is predicted."""
         inputs = self._inputs()
         labels = self._training_labels().copy()
         store = self.features
         reuse = self._reuse if store is not None else {}
+        partial = PartialMap.zeros(inputs.cube.shape)
 
         def commit(fitted: Fitted) -> Prediction:
             self._store, self._store_key, self._reuse = fitted.store, inputs.key, fitted.reuse
             self.bundle, self.train_labels_used = fitted.bundle, fitted.labels
             self.prediction = fitted.prediction
+            if self.partial is partial:
+                self.partial = None
             self.events.features.emit()
             self.events.classifier.emit()
             self.events.prediction.emit()
             return fitted.prediction
 
-        return Job(name, iter_fit_and_map(inputs, plan, labels, store, reuse), commit, note)
+        steps = iter_fit_and_map(inputs, plan, labels, store, reuse, partial.out)
+        return Job(name, steps, commit, note, partial, self._watch(partial, own=True))
+
+    def _watch(self, partial: PartialMap, own: bool) -> Callable[[Progress], None]:
+        """The caller's-thread side of a job that fills ``partial``: its first finished region
+        emits ``partial`` (and makes it :attr:`partial` when it is this workspace's map,
+        ``own``), each one ``partial_region``. Records without a region change nothing, so the
+        map then appears when the job commits."""
+
+        def on_record(record: Progress) -> None:
+            region = record.get("region")
+            if region is None:
+                return
+            if partial.done == 0:
+                if own:
+                    self.partial = partial
+                self.events.partial.emit(partial)
+            partial.add(region)
+            self.events.partial_region.emit(region)
+
+        return on_record
 
     def _inputs(self) -> FitInputs:
         """What a training job reads, taken when it is made (it may run later, elsewhere)."""
@@ -338,14 +403,17 @@ class Workspace:
 
     # prediction of other cubes, files ----------------------------------------------------------
     def predict_job(self, cube: Cube | np.ndarray) -> Job:
-        """The class map of another cube with the current classifier (the workspace keeps it
-        not: ``commit`` returns the :class:`Prediction`)."""
+        """The class map of another cube with the current classifier, filled in place as it is
+        predicted (``Job.partial``; the workspace keeps it not: ``commit`` returns the
+        :class:`Prediction`)."""
         from .pipeline import iter_predict
         from .preprocess import as_cube
 
-        bundle = self._bundle()
-        steps = iter_predict(bundle, as_cube(cube), self.device, self.cache_dir)
-        return Job("Predict", steps, lambda result: Prediction(*result))
+        bundle, cube = self._bundle(), as_cube(cube)
+        partial = PartialMap.zeros(cube.shape)
+        steps = iter_predict(bundle, cube, self.device, self.cache_dir, out=partial.out)
+        on_record = self._watch(partial, own=False)
+        return Job("Predict", steps, lambda result: Prediction(*result), None, partial, on_record)
 
     def _bundle(self) -> ClassifierBundle:
         if self.bundle is None:
