@@ -384,11 +384,12 @@ class Workspace:
             region = record.get("region")
             if region is None:
                 return
-            if partial.done == 0:
+            first = partial.done == 0
+            partial.add(region)
+            if first:
                 if own:
                     self.partial = partial
                 self.events.partial.emit(partial)
-            partial.add(region)
             self.events.partial_region.emit(region)
 
         return on_record

@@ -180,7 +180,8 @@ class Session(QObject):
         on_done: Callable[[Any], None] | None = None,
     ) -> None:
         """Run a workspace ``Job``: its steps in the compute thread, its commit (then
-        ``on_done`` with what the commit returns) here, in the main thread."""
+        ``on_done`` with what the commit returns) and its ``on_record`` (partial results) here,
+        in the main thread."""
         if job.note:
             from napari.utils.notifications import show_info
 
@@ -191,7 +192,9 @@ class Session(QObject):
             if on_done is not None:
                 on_done(value)
 
-        self.runner.start(job.name, job.steps, commit, on_progress)
+        self.runner.start(
+            job.name, job.steps, commit, on_progress, on_record=job.on_record, on_stop=job.stopped
+        )
 
     # layers --------------------------------------------------------------------------------
     def cube_layer(self) -> Any | None:

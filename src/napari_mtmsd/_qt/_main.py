@@ -143,7 +143,12 @@ class MTMSDWidget(QWidget):
         if total > 0:
             self.bar.setRange(0, total)
             self.bar.setValue(min(step, total))
-        text = f"{record.get('stage', 'working')}: {step}/{total}" if total else "working"
+        stage = record.get("stage", "working")
+        if total and record.get("tiles"):  # a whole-scene extraction: the tile being computed
+            text = f"{stage}: tile {int(record['tile']) + 1} of {record['tiles']}"
+            text += f", {100 * step / total:.0f} %"
+        else:
+            text = f"{stage}: {step}/{total}" if total else "working"
         if record.get("eta"):
             text += f" ({record['eta']})"
         self.status.setText(text)

@@ -5,7 +5,8 @@ its result (docs/architecture.md, "Long work"). :class:`JobRunner` runs one at a
 napari's ``create_worker`` so the UI never blocks: the records drive a progress bar and an ETA,
 ``stop()`` quits at the next yield, the result comes back in the main thread (the only place
 layers are touched), and failures reach the user as a notification naming the cause. A job that
-is stopped or fails calls no result handler, so labels, model and layers stay as they were.
+is stopped or fails calls no result handler, so labels, model and layers stay as they were, but
+for what the job showed while it ran (a map filled tile by tile), which its ``on_stop`` names.
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ class JobRunner(QObject):
         self._stopping = False
         self._name = ""
         self._t0 = 0.0
+        self._on_stop: Callable[[], str] | None = None
         self.last_error: BaseException | None = None
 
     @property
@@ -111,12 +113,17 @@ class JobRunner(QObject):
         gen: Generator[Record, None, Any],
         on_done: Callable[[Any], None],
         on_progress: Callable[[Record], None] | None = None,
+        on_record: Callable[[Record], None] | None = None,
+        on_stop: Callable[[], str] | None = None,
     ) -> None:
         """Run ``gen`` in a thread; ``on_done(result)`` runs in the main thread if it succeeds.
 
-        ``on_progress`` sees each record (with ``elapsed`` and ``eta``) in the main thread.
-        ``gen`` is an already created ``iter_<job>(...)`` generator: nothing in it has run yet, so
-        argument errors surface in the worker like any other failure.
+        ``on_progress`` sees each record (with ``elapsed`` and ``eta``) in the main thread while
+        the job is not stopping; ``on_record`` sees every record the job yielded, also those
+        queued behind a Stop (the job's partial results). ``on_stop()`` says what a Stop leaves
+        (default: nothing changed). ``gen`` is an already created ``iter_<job>(...)`` generator:
+        nothing in it has run yet, so argument errors surface in the worker like any other
+        failure.
         """
         from napari.qt.threading import create_worker
 
@@ -126,7 +133,7 @@ class JobRunner(QObject):
             gen.close()
             show_warning(f"'{self._name}' is still running: stop it or wait for it to finish.")
             return
-        self._name = name
+        self._name, self._on_stop = name, on_stop
         self.last_error = None
         self._t0 = time.perf_counter()
         self._stopping = False
@@ -137,7 +144,11 @@ class JobRunner(QObject):
         def on_yield(record: Record) -> None:
             # records queued by the thread can arrive after a Stop or after the job ended: they
             # must not overwrite "stopping..." or "stopped" with a stale progress line
-            if not isinstance(record, dict) or self._stopping or self._worker is not worker:
+            if not isinstance(record, dict) or self._worker is not worker:
+                return
+            if on_record is not None:
+                on_record(record)
+            if self._stopping:
                 return
             step, total = int(record.get("step", 0)), int(record.get("total", 0))
             if total and pbar.total != total:
@@ -162,7 +173,7 @@ class JobRunner(QObject):
             self.message.emit(f"{name}: done in {time.perf_counter() - self._t0:.1f} s")
 
         def on_aborted() -> None:
-            self.message.emit(f"{name}: stopped, nothing changed")
+            self.message.emit(self._stopped_text())
 
         def on_finished() -> None:
             # closing the relay closes the job: its cleanup runs even after a stop
@@ -189,13 +200,17 @@ class JobRunner(QObject):
 
         if isinstance(failure.exc, Cancelled):
             show_info(f"{self._name} stopped")
-            self.message.emit(f"{self._name}: stopped, nothing changed")
+            self.message.emit(self._stopped_text())
             return
         self.last_error = failure.exc
         log.error("%s failed\n%s", self._name, failure.text)
         text = f"{self._name} failed: {describe_error(failure.exc)}"
         self.message.emit(text)
         show_error(text)
+
+    def _stopped_text(self) -> str:
+        said = self._on_stop() if self._on_stop is not None else "stopped, nothing changed"
+        return f"{self._name}: {said}"
 
     def stop(self) -> None:
         """Ask the running job to stop at its next yield (at least once a second of work)."""
