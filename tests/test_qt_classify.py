@@ -122,7 +122,7 @@ def test_quick_map_first_then_the_mtmsd_map_with_suggestions(widget, scene, qtbo
                                                              monkeypatch, errors):  # fmt: skip
     """Train before any diffusion model shows the quick map at once (and says so); the MTMSD
     map replaces it by itself when pretraining ends; every map comes with places to paint."""
-    from napari_mtmsd._qt._classify import PREDICTION_LAYER, SUGGESTIONS_LAYER
+    from napari_mtmsd._qt._maps import PREDICTION_LAYER, SUGGESTIONS_LAYER
 
     monkeypatch.setenv("NAPARI_MTMSD_CACHE", str(tmp_path / "cache"))
     w, viewer, (_, gt) = widget, widget.viewer, scene

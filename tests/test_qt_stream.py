@@ -70,7 +70,7 @@ def test_the_map_grows_on_screen_and_a_stop_keeps_it(
     widget, scene, fresh_tiny, qtbot, tmp_path, monkeypatch, errors
 ):
     from napari_mtmsd import pipeline
-    from napari_mtmsd._qt._classify import PREDICTION_LAYER
+    from napari_mtmsd._qt._maps import PREDICTION_LAYER
 
     monkeypatch.setenv("NAPARI_MTMSD_CACHE", str(tmp_path / "cache"))
     w, viewer, (_, gt) = widget, widget.viewer, scene

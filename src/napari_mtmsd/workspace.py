@@ -11,10 +11,8 @@ ws.update()                        # continues the classifier: a few epochs (war
 ws.class_map, ws.confidence
 ```
 
-A job that predicts a map fills it as it goes (``update.PartialMap``): the workspace emits
-``events.partial`` with the map's arrays when the first region is done and ``partial_region``
-with each further one, so a viewer shows the map grow; a Stop leaves that map in
-:attr:`Workspace.partial` and the last complete one in :attr:`Workspace.prediction`.
+A job that predicts fills its map in place (``update.PartialMap``, events ``partial`` and
+``partial_region``); a Stop leaves it in ``ws.partial``, the last complete map in ``ws.prediction``.
 
 Every long step exists as a :class:`Job`: ``steps`` (a progress generator, see ``_progress``)
 computes without touching the workspace, so it may run in a worker thread; ``commit`` puts its
@@ -26,14 +24,14 @@ tqdm bar unless ``progress=False``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ._console import run_with_bar
+from ._job import Job
 from ._progress import Progress
 from .config import ClassifierConfig, PretrainConfig
 from .errors import InputError
@@ -70,51 +68,6 @@ class WorkspaceEvents(SignalGroup):
     prediction = Signal()
     partial = Signal(object)
     partial_region = Signal(object)
-
-
-@dataclasses.dataclass
-class Job:
-    """A long step: ``steps`` computes (any thread), ``commit(result)`` applies it (caller's
-    thread). ``note`` tells the user why the job is not the one asked for (an Update that
-    trains afresh). A job that predicts a map has its ``partial`` map, and ``on_record``, which
-    the caller's thread calls with every record (also those that arrive after a Stop), turns
-    the records' finished regions into the workspace's ``partial`` events."""
-
-    name: str
-    steps: Generator[Progress, None, Any]
-    commit: Callable[[Any], Any]
-    note: str | None = None
-    partial: PartialMap | None = None
-    on_record: Callable[[Progress], None] | None = None
-
-    def run(self, progress: bool = True) -> Any:
-        steps = self.steps if self.on_record is None else _tap(self.steps, self.on_record)
-        return self.commit(run_with_bar(steps, self.name, progress))
-
-    def stopped(self) -> str:
-        """What a Stop leaves, in words (the status line)."""
-        if self.partial is None or self.partial.done == 0:
-            return "stopped, nothing changed"
-        return (
-            f"stopped: {100 * self.partial.fraction:.0f} % of the scene predicted (kept on "
-            "screen; the last complete prediction is unchanged)"
-        )
-
-
-def _tap(
-    steps: Generator[Progress, None, Any], see: Callable[[Progress], None]
-) -> Generator[Progress, None, Any]:
-    """``steps`` with ``see`` called on each record in the thread that drives them."""
-    try:
-        while True:
-            try:
-                record = next(steps)
-            except StopIteration as stop:
-                return stop.value
-            see(record)
-            yield record
-    finally:
-        steps.close()
 
 
 class Workspace:
@@ -372,27 +325,12 @@ class Workspace:
             return fitted.prediction
 
         steps = iter_fit_and_map(inputs, plan, labels, store, reuse, partial.out)
-        return Job(name, steps, commit, note, partial, self._watch(partial, own=True))
+        region = self.events.partial_region.emit
+        return Job(name, steps, commit, note, partial, self._show_partial, region)
 
-    def _watch(self, partial: PartialMap, own: bool) -> Callable[[Progress], None]:
-        """The caller's-thread side of a job that fills ``partial``: its first finished region
-        emits ``partial`` (and makes it :attr:`partial` when it is this workspace's map,
-        ``own``), each one ``partial_region``. Records without a region change nothing, so the
-        map then appears when the job commits."""
-
-        def on_record(record: Progress) -> None:
-            region = record.get("region")
-            if region is None:
-                return
-            first = partial.done == 0
-            partial.add(region)
-            if first:
-                if own:
-                    self.partial = partial
-                self.events.partial.emit(partial)
-            self.events.partial_region.emit(region)
-
-        return on_record
+    def _show_partial(self, partial: PartialMap) -> None:
+        self.partial = partial
+        self.events.partial.emit(partial)
 
     def _inputs(self) -> FitInputs:
         """What a training job reads, taken when it is made (it may run later, elsewhere)."""
@@ -413,8 +351,8 @@ class Workspace:
         bundle, cube = self._bundle(), as_cube(cube)
         partial = PartialMap.zeros(cube.shape)
         steps = iter_predict(bundle, cube, self.device, self.cache_dir, out=partial.out)
-        on_record = self._watch(partial, own=False)
-        return Job("Predict", steps, lambda result: Prediction(*result), None, partial, on_record)
+        events = self.events.partial.emit, self.events.partial_region.emit
+        return Job("Predict", steps, lambda result: Prediction(*result), None, partial, *events)
 
     def _bundle(self) -> ClassifierBundle:
         if self.bundle is None:

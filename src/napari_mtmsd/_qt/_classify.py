@@ -1,15 +1,10 @@
 """Classify: the feature spec and classifier settings, Extract, Train & predict, Update (live),
 Save / Load, Apply to another cube, scores. What each does is the Workspace's; this section shows
-its state and forwards the clicks.
-
-A map being predicted is on screen from its first finished region: its layers hold the arrays
-the job fills in place (``update.PartialMap``) and are redrawn a few times a second, never
-copied; a Stop leaves them as they are."""
+its state and forwards the clicks; the maps are drawn by ``_maps.MapLayers``."""
 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +26,10 @@ from qtpy.QtWidgets import (
 from napari_mtmsd._text import format_ints, parse_ints
 
 from ._common import LayerCombo, Session, is_labels, spin_box
-from ._layers import is_cube_layer, show_image, show_labels, show_points
+from ._layers import is_cube_layer
+from ._maps import MapLayers
 
-PREDICTION_LAYER = "prediction"
-CONFIDENCE_LAYER = "confidence"
-SUGGESTIONS_LAYER = "paint here"
-#: What the status line says of each map (``update.Prediction.method``).
-MAP_KINDS = {
-    "quick": "quick map from the spectra (no diffusion model yet; the MTMSD map replaces it "
-    "when pretraining ends)",
-    "few-label": "MTMSD map, few-label head",
-    "paper": "MTMSD map, the paper's fusion ensemble",
-}
 LIVE_DELAY_MS = 700  # after the last paint stroke; strokes in between restart the wait
-#: Redraws of a map being predicted: at most every REFRESH_MS, and the redraws take at most a
-#: REFRESH_SHARE of napari's thread (a redraw recolours the whole layer: slower on large scenes).
-REFRESH_MS = 200
-REFRESH_SHARE = 0.2
 
 
 class ClassifySection(QWidget):
@@ -89,6 +71,7 @@ class ClassifySection(QWidget):
         self.cache_info.setWordWrap(True)
         self.map_info = QLabel("")
         self.map_info.setWordWrap(True)
+        self.maps = MapLayers(session, self.map_info, self)
         self.save_btn = QPushButton("Save classifier...")
         self.load_btn = QPushButton("Load classifier...")
         self.apply_combo = LayerCombo(viewer, is_cube_layer)
@@ -108,12 +91,6 @@ class ClassifySection(QWidget):
         self._live_timer.timeout.connect(self._live_fire)
         self._painted: Any | None = None
         self._live_pending = False  # a stroke came while a job ran: update when it ends
-        self._refresh_timer = QTimer(self)
-        self._refresh_timer.setSingleShot(True)
-        self._refresh_timer.setInterval(REFRESH_MS)
-        self._refresh_timer.timeout.connect(self._refresh_partial)
-        self._filling: tuple[Any, list[Any], str] | None = None  # map, its layers, suffix
-        self._apply_target: tuple[Any, Any, str] | None = None  # Apply's map, cube layer, suffix
         self._connect()
         self._busy(False)
 
@@ -163,8 +140,7 @@ class ClassifySection(QWidget):
         events.model.connect(self._replace_quick_map)
         events.classifier.connect(self._busy_refresh)
         events.prediction.connect(self._show_workspace_prediction)
-        events.partial.connect(self._show_partial)
-        events.partial_region.connect(self._region_done)
+        events.partial.connect(self._clear_scores)
         self.session.runner.busy_changed.connect(self._busy)
         self.session.runner.busy_changed.connect(self._after_job)
         if self.session.labels_combo is not None:
@@ -292,16 +268,8 @@ class ClassifySection(QWidget):
                 self.train_and_predict()
 
     def _show_workspace_prediction(self) -> None:
-        prediction = self.ws.prediction
-        if prediction is None:
-            return
-        self.show_prediction(prediction.class_map, prediction.confidence)
-        self.map_info.setText(f"shown: {MAP_KINDS.get(prediction.method, prediction.method)}")
-        if prediction.suggestions is not None:
-            show_points(
-                self.session.viewer, SUGGESTIONS_LAYER, prediction.suggestions,
-                self.session.transform(None), size=max(prediction.class_map.shape) / 30,
-            )  # fmt: skip
+        if self.maps.show_workspace_prediction():
+            self.evaluate()
 
     def show_prediction(
         self,
@@ -311,79 +279,15 @@ class ClassifySection(QWidget):
         suffix: str = "",
     ) -> None:
         """The class map as a Labels layer (class colours and names) and the confidence image."""
-        self._map_layers(class_map, confidence, layer, suffix)
+        self.maps.show(class_map, confidence, layer, suffix)
         if not suffix:
             self.evaluate()
 
-    def _map_layers(
-        self, class_map: np.ndarray, confidence: np.ndarray, layer: Any | None, suffix: str
-    ) -> list[Any]:
-        """The prediction's Labels and confidence Image layers, made or given these arrays."""
-        transform = self.session.transform(layer)
-        bundle = self.session.bundle  # None for the quick map
-        names = list((bundle and bundle.class_names) or self.session.class_names)
-        colors = self.session.colors if bundle is None or bundle.colors is None else bundle.colors
-        viewer = self.session.viewer
-        labels = show_labels(viewer, PREDICTION_LAYER + suffix, class_map, names, colors, transform)
-        image = show_image(
-            viewer, CONFIDENCE_LAYER + suffix, confidence, transform,
-            colormap="magma", contrast_limits=(0.0, 1.0), visible=False,
-        )  # fmt: skip
-        return [labels, image]
-
-    # a map being predicted -------------------------------------------------------------------
-    def _show_partial(self, partial: Any) -> None:
-        """A map has started filling: its layers show its arrays now (the same arrays: the
-        job's writes appear on each redraw); the scores of the previous map are cleared."""
-        layer, suffix = None, ""
-        if self._apply_target is not None and self._apply_target[0] is partial:
-            _, layer, suffix = self._apply_target
-        layers = self._map_layers(partial.class_map, partial.confidence, layer, suffix)
-        self._filling = (partial, layers, suffix)
-        if not suffix:
+    def _clear_scores(self, partial: Any) -> None:
+        """A new map of the workspace's cube is being predicted: the scores were of the last."""
+        if partial is self.ws.partial:
             self.scores_info.setText("")
             self.confusion.setVisible(False)
-            self._say_filling()
-
-    def _region_done(self, region: Any) -> None:
-        if not self._refresh_timer.isActive():
-            self._refresh_timer.start()
-
-    def _refresh_partial(self) -> None:
-        if self._filling is not None:
-            self._redraw()
-            if self._filling[0] is self.ws.partial:  # not yet committed (then it is said)
-                self._say_filling()
-
-    def _redraw(self) -> None:
-        """Redraw the layers of the map being filled; the next redraw waits so that redraws
-        stay within ``REFRESH_SHARE`` of napari's thread."""
-        t0 = time.perf_counter()
-        for layer in self._filling[1]:
-            layer.refresh()  # an invisible layer returns at once: napari slices it when shown
-        took_ms = 1000 * (time.perf_counter() - t0)
-        self._refresh_timer.setInterval(max(REFRESH_MS, round(took_ms / REFRESH_SHARE)))
-
-    def _say_filling(self) -> None:
-        partial = self._filling[0]
-        self.map_info.setText(f"shown: the map being predicted, {_percent(partial)} done")
-
-    def _filled(self) -> None:
-        """The job that filled a map has ended: the last regions drawn; a map the job did not
-        finish (a Stop, a failure) stays on screen, said to be partial."""
-        self._apply_target = None
-        if self._filling is None:
-            return
-        self._refresh_timer.stop()
-        self._redraw()
-        partial, _, suffix = self._filling
-        self._filling = None
-        self._refresh_timer.setInterval(REFRESH_MS)
-        if not suffix and self.ws.partial is partial:
-            self.map_info.setText(
-                f"shown: a partial map, {_percent(partial)} of the scene predicted (the job did "
-                "not finish); the workspace keeps the last complete prediction"
-            )
 
     # live mode ------------------------------------------------------------------------------
     def _watch_labels(self, *_: Any) -> None:
@@ -408,8 +312,6 @@ class ClassifySection(QWidget):
             self.update_prediction()
 
     def _after_job(self, busy: bool) -> None:
-        if not busy:
-            self._filled()
         if not busy and self._live_pending:
             self._live_pending = False
             self._live_timer.start()
@@ -461,7 +363,7 @@ class ClassifySection(QWidget):
         job.name = f"Apply to {layer.name}"
         suffix = f" [{layer.name}]"
         if not self.session.runner.busy:
-            self._apply_target = (job.partial, layer, suffix)
+            self.maps.expect(job.partial, layer, suffix)
         self.session.run(
             job,
             on_done=lambda p: self.show_prediction(
@@ -515,6 +417,3 @@ class ClassifySection(QWidget):
         self.confusion.setVisible(True)
         self.confusion.draw_idle()
 
-
-def _percent(partial: Any) -> str:
-    return f"{100 * partial.fraction:.0f} %"

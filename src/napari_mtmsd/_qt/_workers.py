@@ -116,15 +116,11 @@ class JobRunner(QObject):
         on_record: Callable[[Record], None] | None = None,
         on_stop: Callable[[], str] | None = None,
     ) -> None:
-        """Run ``gen`` in a thread; ``on_done(result)`` runs in the main thread if it succeeds.
-
-        ``on_progress`` sees each record (with ``elapsed`` and ``eta``) in the main thread while
-        the job is not stopping; ``on_record`` sees every record the job yielded, also those
-        queued behind a Stop (the job's partial results). ``on_stop()`` says what a Stop leaves
-        (default: nothing changed). ``gen`` is an already created ``iter_<job>(...)`` generator:
-        nothing in it has run yet, so argument errors surface in the worker like any other
-        failure.
-        """
+        """Run ``gen`` (an ``iter_<job>(...)`` not started yet: argument errors surface in the
+        worker) in a thread; in the main thread ``on_done(result)`` if it succeeds,
+        ``on_progress`` on each record (with ``elapsed`` and ``eta``) until a Stop, ``on_record``
+        on every record, also those queued behind a Stop (partial results); ``on_stop()`` says
+        what a Stop leaves (default: nothing changed)."""
         from napari.qt.threading import create_worker
 
         if self._worker is not None:
@@ -172,9 +168,6 @@ class JobRunner(QObject):
                 return
             self.message.emit(f"{name}: done in {time.perf_counter() - self._t0:.1f} s")
 
-        def on_aborted() -> None:
-            self.message.emit(self._stopped_text())
-
         def on_finished() -> None:
             # closing the relay closes the job: its cleanup runs even after a stop
             worker._gen.close()
@@ -183,7 +176,7 @@ class JobRunner(QObject):
 
         worker.yielded.connect(on_yield)
         worker.returned.connect(on_returned)
-        worker.aborted.connect(on_aborted)
+        worker.aborted.connect(lambda: self.message.emit(self._stopped_text()))
         worker.finished.connect(on_finished)
         self.busy_changed.emit(True)
         pool = compute_pool()
