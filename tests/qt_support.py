@@ -1,4 +1,5 @@
-"""Helpers of the panel tests: wait for a job, pretrain a tiny model, paint a stroke."""
+"""Helpers of the panel tests: wait for a job, pretrain a tiny model, paint a stroke, the pixels
+of the regions a prediction reported finished."""
 
 from __future__ import annotations
 
@@ -34,3 +35,11 @@ def paint_strokes(layer, gt: np.ndarray, classes=(1, 2, 3)) -> None:
     for k in classes:
         r, c = np.argwhere(gt == k)[len(np.argwhere(gt == k)) // 2]
         paint(layer, slice(r, r + 2), slice(c, c + 2), k)
+
+
+def covered(regions: list, shape: tuple) -> np.ndarray:
+    """How many of ``regions`` (((r0, r1), (c0, c1)) each) hold each pixel."""
+    count = np.zeros(shape[:2], int)
+    for (r0, r1), (c0, c1) in regions:
+        count[r0:r1, c0:c1] += 1
+    return count

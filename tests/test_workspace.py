@@ -11,6 +11,7 @@ from napari_mtmsd.config import ClassifierConfig
 from napari_mtmsd.errors import InputError
 from napari_mtmsd.features import FeatureSpec
 from napari_mtmsd.workspace import Workspace
+from qt_support import covered
 
 SPEC = FeatureSpec(timesteps=(100, 400, 700), stages=(0, 1, 2), bf16=False)
 
@@ -156,11 +157,13 @@ def test_the_map_fills_in_place_and_a_stop_keeps_what_is_done(
     small_scene, tiny_model, tmp_path, monkeypatch
 ):
     """A prediction fills its map region by region (events ``partial`` then ``partial_region``),
-    ends with the map a plain prediction gives, and a Stop leaves the finished rows filled, the
-    rest zeros, and the last complete prediction in place."""
+    ends with the map a plain prediction gives, and a Stop leaves the finished regions filled,
+    the rest zeros, and the last complete prediction in place. Records without regions: the
+    map comes at the end, as before."""
     from napari_mtmsd import pipeline
+    from napari_mtmsd._progress import forward
 
-    monkeypatch.setattr(pipeline, "PREDICT_CHUNK", 256)  # 8 rows of 32: five pieces of 40 rows
+    monkeypatch.setattr(pipeline, "PREDICT_CHUNK", 256)  # pieces of 8 of the 40 x 32 px' rows
     cube, gt = small_scene
     ws = Workspace(
         cube, tiny_model, spec=SPEC, device="cpu", cache_dir=tmp_path,
@@ -170,28 +173,38 @@ def test_the_map_fills_in_place_and_a_stop_keeps_what_is_done(
     started, regions, filled = [], [], []
     ws.events.partial.connect(started.append)
     ws.events.partial_region.connect(regions.append)
-    ws.events.partial_region.connect(lambda _: filled.append(int((ws.partial.class_map > 0).sum())))
+    ws.events.partial_region.connect(lambda _: filled.append(ws.partial.class_map > 0))
 
     job = ws.train_job()
     prediction = job.run(progress=False)
     assert started == [job.partial] and ws.partial is None  # complete: the prediction now
-    assert sorted(r for r, _ in regions) == [(0, 8), (8, 16), (16, 24), (24, 32), (32, 40)]
-    assert filled == [256, 512, 768, 1024, 1280]  # every pixel of the scene is valid
+    assert len(regions) >= 3 and (covered(regions, cube.shape) == 1).all()
+    for n, mask in enumerate(filled, start=1):  # every pixel of the scene is valid
+        np.testing.assert_array_equal(mask, covered(regions[:n], cube.shape) > 0)
     assert np.shares_memory(prediction.class_map, job.partial.class_map)  # not copied
     plain = pipeline.predict(ws.bundle, cube, "cpu", store=ws.features, progress=False)
     np.testing.assert_array_equal(prediction.class_map, plain[0])
     np.testing.assert_allclose(prediction.confidence, plain[1], rtol=1e-6)
 
     ws.set_labels(np.where(ws.labels > 0, ws.labels, _strokes(gt.data, 2, seed=5)))
-    job = ws.update_job()
-    seen = 0
+    job, regions[:] = ws.update_job(), []
     for record in job.steps:  # what the panel's worker does, stopped after two pieces
         job.on_record(record)
-        seen += "region" in record
-        if seen == 2:
+        if len(regions) == 2:
             break
     job.steps.close()
+    done = covered(regions, cube.shape) > 0
     assert ws.prediction is prediction and ws.partial is job.partial
-    assert (job.partial.class_map[:16] > 0).all() and (job.partial.class_map[16:] == 0).all()
-    assert (job.partial.confidence[16:] == 0).all()
-    assert job.stopped().startswith("stopped: 40 % of the scene predicted")
+    np.testing.assert_array_equal(job.partial.class_map > 0, done)
+    assert (job.partial.confidence[~done] == 0).all()
+    assert job.stopped().startswith(f"stopped: {100 * done.mean():.0f} % of the scene predicted")
+
+    iter_predict, started[:], regions[:] = pipeline.iter_predict, [], []
+
+    def no_regions(*args, **kwargs):
+        return (yield from forward(iter_predict(*args, **kwargs), region=None))
+
+    monkeypatch.setattr(pipeline, "iter_predict", no_regions)
+    again = ws.predict(cube, progress=False)
+    assert not started and not regions
+    np.testing.assert_array_equal(again.class_map, prediction.class_map)
