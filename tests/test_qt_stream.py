@@ -131,6 +131,7 @@ def test_the_map_grows_on_screen_and_a_stop_keeps_it(
     assert (covered([r for r, *_ in seen], (32, 32)) == 1).all() and not errors
     assert len(redraws) >= 2 and min(np.diff(redraws)) > 0.15  # throttled: not one per piece
     first = ws.prediction
+    held.allow(1000)  # the plain prediction below goes through the held generator too
     plain = pipeline.predict(w.session.bundle, ws.cube, "cpu", store=ws.features, progress=False)
     np.testing.assert_array_equal(np.asarray(layer.data), plain[0])
     np.testing.assert_array_equal(first.class_map, plain[0])
