@@ -145,6 +145,7 @@ def iter_build(
     H, W = cube.data.shape[:2]
     yield {"stage": "features", "step": 0, "total": H * W}  # hashing the inputs takes a moment
     sweep(root)  # what killed builds left behind
+    yield from cube.iter_sha256()  # in chunks, with records; cache_key reuses the digest
     key = cache_key(model, cube, spec, device)
     hit = _open(root / key)
     if hit is not None:

@@ -5,8 +5,8 @@ later goes through the same projection and scaling.
 
 The PCA is the eigendecomposition of the band covariance of a seeded random subsample of at
 most ``max_pixels`` valid pixels, accumulated in float64 one row chunk at a time (numpy
-``eigh`` rather than scikit-learn): memory is bounded by the B x B covariance and one chunk
-whatever the scene size, the result is exact and deterministic (scikit-learn switches to a
+``eigh`` rather than scikit-learn): memory is bounded by the B x B covariance, one chunk, the
+sample's indices and the scene's (H, W) validity mask (a byte per pixel) whatever the scene size, the result is exact and deterministic (scikit-learn switches to a
 randomized solver by problem size), and the sign of each component is fixed (largest loading
 positive) so two fits of the same data give the same arrays. Torch-free.
 
@@ -17,6 +17,7 @@ reads them, so their NaN or no-data values cannot reach the model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -39,6 +40,22 @@ def as_cube(obj: Any, name: str = "array"):
 def _row_step(shape: tuple[int, ...], itemsize: int) -> int:
     row_bytes = max(1, int(np.prod(shape[1:])) * max(itemsize, 8))
     return max(1, CHUNK_BYTES // row_bytes)
+
+
+def _sampled_rows(
+    valid: np.ndarray, ranks: np.ndarray | None, step: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, flat indices within the chunk) of the sampled pixels, row chunk by row
+    chunk: the ``ranks``-th valid pixels in raster order (all valid pixels when None). Memory
+    is bounded by a chunk and the sample, never a list of every valid pixel of the scene."""
+    before = 0  # valid pixels in the chunks before
+    for r0 in range(0, valid.shape[0], step):
+        local = np.flatnonzero(valid[r0 : r0 + step])
+        if ranks is not None:
+            lo, hi = np.searchsorted(ranks, [before, before + len(local)])
+            before, local = before + len(local), local[ranks[lo:hi] - before]
+        if len(local):
+            yield r0, local
 
 
 class Preprocessor:
@@ -104,9 +121,9 @@ class Preprocessor:
                 f"{cube.name}: cannot keep {n_components} PCA components of a cube with {b} bands "
                 f"(expected 1..{b})"
             )
-        valid = np.asarray(cube.valid_mask(), dtype=bool).ravel()
-        flat = np.flatnonzero(valid)
-        if flat.size < 2:
+        valid = np.asarray(cube.valid_mask(), dtype=bool)
+        n_valid = int(valid.sum())
+        if n_valid < 2:
             raise InputError(f"{cube.name}: fewer than 2 valid pixels to fit the PCA on")
         good = np.asarray(cube.good_bands(), dtype=bool)
         if n_components > int(good.sum()):
@@ -114,30 +131,23 @@ class Preprocessor:
                 f"{cube.name}: cannot keep {n_components} PCA components of {int(good.sum())} "
                 f"usable bands ({b - int(good.sum())} of {b} are bad or hold no data)"
             )
-        rng = np.random.default_rng(seed)
-        if flat.size > max_pixels:
-            flat = np.sort(rng.choice(flat, size=max_pixels, replace=False))
-        n = flat.size
+        ranks = None  # every valid pixel
+        if n_valid > max_pixels:  # the same draw as choosing from the list of valid pixels
+            ranks = np.sort(np.random.default_rng(seed).choice(n_valid, max_pixels, replace=False))
+        n = n_valid if ranks is None else len(ranks)
 
         # Two passes over the selected pixels (mean, then covariance), one row chunk at a time.
         step = _row_step((h, w, b), cube.data.dtype.itemsize)
         g = int(good.sum())
         total = np.zeros(g)
         scatter = np.zeros((g, g))
-        rows = flat // w
-        chunks = []
-        for r0 in range(0, h, step):
-            lo, hi = np.searchsorted(rows, [r0, r0 + step])
-            if hi > lo:
-                chunks.append((r0, lo, hi))
-        for r0, lo, hi in chunks:
+        for r0, local in _sampled_rows(valid, ranks, step):
             block = np.asarray(cube.data[r0 : r0 + step]).reshape(-1, b)
-            px = block[flat[lo:hi] - r0 * w][:, good].astype(np.float64)
-            total += px.sum(axis=0)
+            total += block[local][:, good].astype(np.float64).sum(axis=0)
         mean = total / n
-        for r0, lo, hi in chunks:
+        for r0, local in _sampled_rows(valid, ranks, step):
             block = np.asarray(cube.data[r0 : r0 + step]).reshape(-1, b)
-            px = block[flat[lo:hi] - r0 * w][:, good].astype(np.float64) - mean
+            px = block[local][:, good].astype(np.float64) - mean
             scatter += px.T @ px
         cov = scatter / max(n - 1, 1)
         evals, evecs = np.linalg.eigh(cov)

@@ -5,17 +5,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mmap
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .._progress import run
 from ..errors import InputError
 from ._georef import Georef
 
 # Rows per chunk are chosen so that one chunk of a cube stays near this many bytes: valid_mask and
 # writers then work on multi-GB memory-mapped cubes without loading them.
 CHUNK_BYTES = 64 * 2**20
+#: Bytes hashed between two progress records (a few hundredths of a second; the digest does not
+#: depend on it).
+HASH_BYTES = 16 * 2**20
 #: Largest class id of a label map: every class gets a colour and a name, and napari draws a
 #: Labels layer of up to 2**16 values without numba; far beyond any classification legend.
 MAX_CLASS_ID = 65535
@@ -155,6 +160,7 @@ class Cube:
     _scan: tuple[np.ndarray, np.ndarray] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    _sha: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if getattr(self.data, "ndim", None) != 3:
@@ -197,13 +203,24 @@ class Cube:
         return self.wavelengths
 
     def sha256(self) -> str:
-        """Hash of the shape, dtype and values, read a row chunk at a time: identifies the cube a
-        model was pretrained on and keys the feature cache."""
-        h = hashlib.sha256(f"{self.shape}|{np.dtype(self.data.dtype).str}|".encode())
-        chunks = row_chunks(self.shape, self.data.dtype.itemsize)
-        for r0 in chunks:
-            h.update(np.ascontiguousarray(np.asarray(self.data[r0 : r0 + chunks.step])).tobytes())
-        return h.hexdigest()
+        """Hash of the shape, dtype and values: identifies the cube a model was pretrained on
+        and keys the feature cache (see :meth:`iter_sha256`)."""
+        return run(self.iter_sha256())
+
+    def iter_sha256(self) -> Generator[dict[str, Any], None, str]:
+        """:meth:`sha256` as a job: the values are read and hashed ``HASH_BYTES`` at a time
+        with a progress record (rows done) after each, so a multi-GB scene can be stopped. The
+        digest is kept: like the validity mask, it takes the values as unchanged once read."""
+        if self._sha is None:
+            h = hashlib.sha256(f"{self.shape}|{np.dtype(self.data.dtype).str}|".encode())
+            row_bytes = max(1, int(np.prod(self.shape[1:])) * self.data.dtype.itemsize)
+            step = max(1, HASH_BYTES // row_bytes)
+            for r0 in range(0, self.shape[0], step):
+                h.update(np.ascontiguousarray(np.asarray(self.data[r0 : r0 + step])))
+                yield {"stage": "hashing", "step": min(r0 + step, self.shape[0]),
+                       "total": self.shape[0]}  # fmt: skip
+            self._sha = h.hexdigest()
+        return self._sha
 
     def valid_mask(self, bands: np.ndarray | None = None) -> np.ndarray:
         """(H, W) bool: False where a used band is NaN/Inf or every used band equals the ignore
