@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_mtmsd._progress import run
 from napari_mtmsd.baselines import LinearProbe, SpectralRandomForest, SpectralSVM
 from napari_mtmsd.errors import InputError
 
@@ -56,3 +57,39 @@ def test_bad_inputs():
         SpectralSVM().fit(x[:, :, None], y)
     with pytest.raises(InputError, match="fewer than 2 classes"):
         SpectralSVM().fit(x, np.ones_like(y))
+
+
+def test_forest_grown_in_batches_is_the_forest_of_one_fit(monkeypatch):
+    """Trees in batches (a record after each): the same trees as sklearn's single fit."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    import napari_mtmsd.baselines as bl
+
+    monkeypatch.setattr(bl, "TREES_PER_BATCH", 7)
+    x, y = _spectra()
+    x_test, _ = _spectra(seed=1)
+    records = []
+    model = run(SpectralRandomForest(n_estimators=30, seed=3).iter_fit(x, y), records.append)
+    assert [r["step"] for r in records] == [7, 14, 21, 28, 30]
+    assert {r["total"] for r in records} == {30}
+    one = RandomForestClassifier(30, random_state=3).fit(x, y)
+    np.testing.assert_array_equal(model.predict_proba(x_test), one.predict_proba(x_test))
+
+
+def test_fits_that_cannot_be_cut_yield_records_while_they_run(monkeypatch):
+    """The SVM's grid search runs in a thread: records every quarter second meanwhile, the
+    same model as a plain fit, and its errors reach the caller."""
+    import time
+
+    x, y = _spectra()
+    plain = SpectralSVM(n_components=10, seed=0)._fit(x, y)
+    slow = SpectralSVM(n_components=10, seed=0)
+    fit = slow._fit
+    monkeypatch.setattr(slow, "_fit", lambda *a: (time.sleep(1.0), fit(*a))[1])
+    stamps = []
+    for _ in slow.iter_fit(x, y):
+        stamps.append(time.perf_counter())
+    assert len(stamps) >= 3 and max(np.diff(stamps)) < 0.5
+    np.testing.assert_array_equal(slow.predict(x), plain.predict(x))
+    with pytest.raises(InputError, match="expected"):
+        run(SpectralSVM().iter_fit(x[:, :, None], y))

@@ -91,3 +91,31 @@ def paced(
         if pacer.due():
             step = span[0] + int((span[1] - span[0]) * min(done / max(amount, 1.0), 1.0))
             yield {"stage": stage, "step": step, "total": total, **extra}
+
+
+def waiting(
+    work: Callable[[], R], record: Progress, interval: float = 0.25
+) -> Generator[Progress, None, R]:
+    """Records while ``work`` runs in a thread: for work that cannot be cut (one scikit-learn
+    fit), so that the progress line stays alive and a Stop is answered. ``record`` is yielded
+    every ``interval`` seconds; the result of ``work``, or its exception, follows. A job closed
+    meanwhile returns at once; the thread cannot be interrupted and finishes its fit unseen,
+    its result dropped."""
+    import threading
+
+    done, out = threading.Event(), {}
+
+    def target() -> None:
+        try:
+            out["value"] = work()
+        except BaseException as exc:  # re-raised in the job's thread
+            out["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=target, name="napari-mtmsd-fit", daemon=True).start()
+    while not done.wait(interval):
+        yield dict(record)
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
