@@ -48,10 +48,11 @@ def fresh(
     settings: dict[str, Any],
     gen: torch.Generator,
     device: torch.device,
-) -> Start:
+    record: Progress,
+) -> Generator[Progress, None, Start]:
     """The starting point of a full fit: ``k`` channels of each feature type purified on ``y``
-    (clipped to what there is, with a warning), a new ensemble; the statistics of the purified
-    channels follow (None)."""
+    (clipped to what there is, with a warning; a record after each type), a new ensemble; the
+    statistics of the purified channels follow (None)."""
     notes = []
     want = settings["k"]
     k = min(want, centre.shape[2], glob.shape[2])
@@ -59,7 +60,9 @@ def fresh(
         notes.append(f"k={want} clipped to {k}: the features have only {k} channels")
         warnings.warn(notes[-1], stacklevel=4)
     purify = {"lam": settings["lam"], "timestep_weight": settings["timestep_weight"]}
-    idx = (select_channels(centre, y, k, **purify), select_channels(glob, y, k, **purify))
+    idx_centre = select_channels(centre, y, k, **purify)
+    yield record
+    idx = (idx_centre, select_channels(glob, y, k, **purify))
     model = SelectiveFusion(k, centre.shape[1], n_classes, settings["n_models"], generator=gen)
     return model.to(device), idx, None, notes
 
@@ -236,6 +239,17 @@ def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
+
+
+def gathered(
+    x: np.ndarray, idx: np.ndarray, record: Progress
+) -> Generator[Progress, None, np.ndarray]:
+    """``x[:, :, idx]`` copied ``_ROWS`` x 8 pixels at a time, ``record`` after each chunk."""
+    out = np.empty((*x.shape[:2], len(idx)), x.dtype)
+    for start in range(0, len(x), 8 * _ROWS):
+        out[start : start + 8 * _ROWS] = x[start : start + 8 * _ROWS][:, :, idx]
+        yield record
+    return out
 
 
 def channel_stats(x: np.ndarray, standardize: bool) -> tuple[np.ndarray, np.ndarray]:

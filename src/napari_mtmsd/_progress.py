@@ -119,3 +119,13 @@ def waiting(
     if "error" in out:
         raise out["error"]
     return out["value"]
+
+
+def imported(module: str, record: Progress) -> Generator[Progress, None, None]:
+    """Import ``module`` unless it is: a first import can take a second or more that cannot
+    be cut, so it runs in a thread while the job yields ``record`` (``waiting``)."""
+    import importlib
+    import sys
+
+    if module not in sys.modules:
+        yield from waiting(lambda: importlib.import_module(module), record)

@@ -30,7 +30,7 @@ import torch
 from ._atomic import restore
 from ._console import run_with_bar
 from ._pretrain_loop import Dist, PretrainLoop, Run
-from ._progress import Callback
+from ._progress import Callback, imported
 from .config import PRESETS as PRESET_TABLE
 from .device import ThreadTuner, resolve_device
 from .errors import InputError, ModelFileError
@@ -188,8 +188,7 @@ def _train(
         parts = (base.preprocessor, base.schedule, base.unet.config)
         run = Run(preset, seed, settings, state["precision"], out_dir, source, max_pixels,
                   dist_info, micro_batch)  # fmt: skip
-        loop = PretrainLoop(run, cube, parts, dev, compile)
-        loop.restore(state, base.unet.state_dict())
+        restore = (state, base.unet.state_dict())
     else:
         settings = _resolve_settings(preset, **given)
         if resume:
@@ -209,7 +208,13 @@ def _train(
         )
         run = Run(preset, seed, settings, precision, out_dir, source, max_pixels, dist_info,
                   micro_batch)  # fmt: skip
-        loop = PretrainLoop(run, cube, parts, dev, compile)
+        restore = None
+    # the first torch optimiser of a process imports torch._dynamo: ~1 s that cannot be cut
+    yield from imported("torch._dynamo", {"stage": "pretrain", "step": 0,
+                                          "total": settings["steps"]})  # fmt: skip
+    loop = PretrainLoop(run, cube, parts, dev, compile)
+    if restore is not None:
+        loop.restore(*restore)
     loop.tuner = tuner
     return (yield from loop.run())
 
