@@ -9,6 +9,7 @@ batches, its own early stop and a snapshot of its weights taken when it stops.
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from collections.abc import Generator
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._progress import Progress
+from ._progress import Progress, waiting
 from .errors import InputError
 from .fusion import SelectiveFusion
 from .purification import select_channels
@@ -51,8 +52,8 @@ def fresh(
     record: Progress,
 ) -> Generator[Progress, None, Start]:
     """The starting point of a full fit: ``k`` channels of each feature type purified on ``y``
-    (clipped to what there is, with a warning; a record after each type), a new ensemble; the
-    statistics of the purified channels follow (None)."""
+    (clipped to what there is, with a warning; ``record`` yielded meanwhile), a new ensemble;
+    the statistics of the purified channels follow (None)."""
     notes = []
     want = settings["k"]
     k = min(want, centre.shape[2], glob.shape[2])
@@ -60,11 +61,16 @@ def fresh(
         notes.append(f"k={want} clipped to {k}: the features have only {k} channels")
         warnings.warn(notes[-1], stacklevel=4)
     purify = {"lam": settings["lam"], "timestep_weight": settings["timestep_weight"]}
-    idx_centre = select_channels(centre, y, k, **purify)
-    yield record
-    idx = (idx_centre, select_channels(glob, y, k, **purify))
-    model = SelectiveFusion(k, centre.shape[1], n_classes, settings["n_models"], generator=gen)
-    return model.to(device), idx, None, notes
+    idx = []
+    for features in (centre, glob):  # seconds each with the paper's features: in a thread
+        work = functools.partial(select_channels, features, y, k, **purify)
+        idx.append((yield from waiting(work, record)))
+    # the paper's ensemble holds 100 M weights: their seeded draw is a second of work
+    build = functools.partial(
+        SelectiveFusion, k, centre.shape[1], n_classes, settings["n_models"], generator=gen
+    )
+    model = yield from waiting(build, record)
+    return model.to(device), (idx[0], idx[1]), None, notes
 
 
 def continued(
@@ -244,10 +250,12 @@ def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
 def gathered(
     x: np.ndarray, idx: np.ndarray, record: Progress
 ) -> Generator[Progress, None, np.ndarray]:
-    """``x[:, :, idx]`` copied ``_ROWS`` x 8 pixels at a time, ``record`` after each chunk."""
+    """``x[:, :, idx]`` copied ``_ROWS`` x 8 pixels at a time, ``record`` after each chunk
+    (``np.take``: 0.016 against 0.20 s by fancy indexing for 1025 paper-preset pixels)."""
     out = np.empty((*x.shape[:2], len(idx)), x.dtype)
     for start in range(0, len(x), 8 * _ROWS):
-        out[start : start + 8 * _ROWS] = x[start : start + 8 * _ROWS][:, :, idx]
+        rows = slice(start, start + 8 * _ROWS)
+        np.take(np.asarray(x[rows]), idx, axis=2, out=out[rows])
         yield record
     return out
 
