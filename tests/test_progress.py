@@ -14,7 +14,7 @@ from napari_mtmsd import cache
 from napari_mtmsd import features as F
 from napari_mtmsd._progress import Pacer
 from napari_mtmsd.features import FeatureSpec, iter_extract_pixels, plan_tiles
-from napari_mtmsd.unet import AttentionBlock
+from napari_mtmsd.unet import AttentionBlock, UNet
 
 BOUND_S = 1.0
 
@@ -213,3 +213,67 @@ def test_paused_pass_equals_the_plain_pass():
         paused = run(net.iter_forward_features(x, t, [5, 0, 2]))
     for a, b in zip(plain, paused, strict=True):
         assert torch.equal(a, b)
+
+
+def test_pretraining_step_of_paper_cost_yields_within_a_second(monkeypatch):
+    """A ``tiny`` step slowed to 2 s (every convolution sleeps for its FLOPs at a slow rate,
+    and the micro-batch cost model knows that rate): micro-batches of one patch, a record
+    after each, instead of one record per step (the paper preset took 8-17 s a step)."""
+    from napari_mtmsd import _pretrain_loop
+    from napari_mtmsd.io import Cube
+    from napari_mtmsd.pretrain import iter_pretrain
+    from napari_mtmsd.unet import PRESETS
+
+    cfg = PRESETS["tiny"]
+    per_patch = sum(passes.count_layer_flops(UNet(cfg), 16, 16, range(9))[0])
+    rate = 8 * per_patch / 2.0  # a batch of 8 in 2 s
+
+    def sleep(module, args, out):
+        if isinstance(module, torch.nn.Conv2d):
+            time.sleep(2.0 * out.numel() * module.weight.shape[1:].numel() / rate)
+
+    monkeypatch.setattr(_pretrain_loop, "TRAIN_FLOPS", {False: rate, True: rate})
+    cube = Cube(data=np.random.default_rng(0).normal(size=(20, 20, 6)).astype(np.float32))
+    hook = torch.nn.modules.module.register_module_forward_hook(sleep)
+    try:
+        job = iter_pretrain(cube, preset="tiny", steps=1, device="cpu", num_threads=1)
+        records, gaps, _ = timed(job)
+    finally:
+        hook.remove()
+    assert max(gaps) < BOUND_S, [round(g, 2) for g in gaps]
+    assert sum(gaps) > 1.8  # the slowing took effect
+    assert [r["micro"] for r in records if "micro" in r] == list(range(1, 9))
+
+
+def test_hash_in_chunks_is_the_one_shot_hash(monkeypatch):
+    """The cube's digest (a cache key) does not depend on how it is read; a record per chunk."""
+    import hashlib
+
+    import napari_mtmsd.io._types as types
+    from napari_mtmsd._progress import run
+    from napari_mtmsd.io import Cube
+
+    data = np.random.default_rng(0).normal(size=(30, 7, 5)).astype(">f4")
+    expected = hashlib.sha256(b"(30, 7, 5)|>f4|" + data.tobytes()).hexdigest()
+    monkeypatch.setattr(types, "HASH_BYTES", 7 * 5 * 4 * 4)  # four rows
+    records = []
+    assert run(Cube(data=data).iter_sha256(), records.append) == expected
+    assert [r["step"] for r in records] == [4, 8, 12, 16, 20, 24, 28, 30]
+    assert Cube(data=data[:, ::-1][:, ::-1]).sha256() == expected  # a strided view: same bytes
+
+
+def test_embedding_sums_by_chunk_equal_numpys_mean_and_std():
+    """Mean and std of the embedding's sample summed chunk by chunk (records between): the
+    same float32 numbers as ``x.mean(0)`` / ``x.std(0)``, and ``x`` left untouched."""
+    from napari_mtmsd._progress import run
+    from napari_mtmsd.embedding import _iter_sum
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(1001, 300)) * rng.uniform(0, 100, 300) + 40).astype(np.float32)
+    before = x.copy()
+    mean = run(_iter_sum(x, 97, None, 0, lambda done: {"step": done}))
+    mean /= len(x)
+    var = run(_iter_sum(x, 97, mean, 0, lambda done: {"step": done}))
+    np.testing.assert_array_equal(mean, x.mean(0))
+    np.testing.assert_array_equal(np.sqrt(var / len(x)), x.std(0))
+    np.testing.assert_array_equal(x, before)
