@@ -6,7 +6,7 @@ flipped / rotated (``dihedral_indices``). Two ways to cut it, chosen by size:
 - ``whole``: the scene's padded model input (C x (H + p) x (W + p) float32) is made once and
   kept on the device, when three times its size (the transform's, the padding's and the
   transposed copies held at once while it is made) fits ``PATCH_BUDGET_BYTES``. Indian Pines
-  (3 MB with the ``cpu`` preset) and any scene up to about 0.3 Mpx at C = 25 take this path.
+  (3 MB with the ``cpu`` preset) and any scene up to about 1.8 Mpx at C = 25 take this path.
 - ``windows``: otherwise every patch is read from the (lazy, possibly memory-mapped) cube as the
   small window it covers, preprocessed per batch and masked where pixels are invalid: memory is
   a batch of windows, and the scene's (H, W) validity mask (a byte per pixel).

@@ -223,7 +223,7 @@ def _iter_baselines(
 ) -> Generator[Progress, None, dict[str, Any]]:
     """The comparison heads on the same split: a linear probe on purified diffusion features and
     spectral baselines on the raw spectra. ``train`` and ``test``: pixel coords and labels.
-    Records at least every quarter second (``baselines.iter_fit``; test pixels predicted
+    Records about every quarter second of work (``baselines.iter_fit``; pixels read and predicted
     ``_CHUNK`` at a time): ``step`` counts hundredths of a baseline."""
     from . import baselines as bl
     from .metrics import scores
