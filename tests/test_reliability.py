@@ -366,14 +366,14 @@ def test_12_failing_baseline_is_reported_and_the_report_kept(tiny_model, small_s
     def boom(self, *a, **k):
         raise ValueError("n_components=30 must be between 0 and min(n_samples, n_features)=20")
 
-    orig = baselines.SpectralSVM.fit
-    baselines.SpectralSVM.fit = boom
+    orig = baselines.SpectralSVM.iter_fit
+    baselines.SpectralSVM.iter_fit = boom
     try:
         report = evaluate(cube, gt.data, split="per-class:5", model=tiny_model, device="cpu",
                           spec=SPEC, cache_dir=tmp_path, baselines=("svm", "rf"), n_models=1,
                           epochs=2, k=8)  # fmt: skip
     finally:
-        baselines.SpectralSVM.fit = orig
+        baselines.SpectralSVM.iter_fit = orig
     assert "n_components=30" in report["baselines"]["svm"]["failed"]
     assert 0 <= report["baselines"]["rf"]["oa"] <= 100 and 0 <= report["oa"] <= 100
     json.dumps({k: v for k, v in report["baselines"].items()})

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._progress import Progress, waiting
+from ._progress import Progress, imported, waiting
 from .errors import InputError
 from .fusion import SelectiveFusion
 from .purification import select_channels
@@ -245,6 +245,39 @@ def _adam(params: Any, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.Adam(params, lr=lr)
+
+
+def iter_start(
+    centre: np.ndarray,
+    glob: np.ndarray,
+    y: tuple[np.ndarray, np.ndarray],
+    settings: dict[str, Any],
+    gen: torch.Generator,
+    device: torch.device,
+    warm_start: Any,
+) -> Generator[Progress, None, tuple[Start, np.ndarray, np.ndarray]]:
+    """The fit's starting point (fresh or continued) and its purified inputs, with a record
+    between the set-up's units (purification, initialisation, gathering, statistics, the first
+    optimiser's import: seconds with the paper's features). ``y``: (classes, each pixel's
+    index into them)."""
+    classes, y_idx = y
+    total = settings["epochs"] * len(batch_bounds(len(y_idx), settings["batch_size"]))
+    record = {"stage": "train", "step": 0, "total": total}
+    if warm_start is not None:
+        start = continued(warm_start, classes[y_idx], centre, glob, settings["n_models"], device)
+    else:
+        args = (centre, glob, classes[y_idx], len(classes), settings, gen, device, record)
+        start = yield from fresh(*args)
+    model, idx, stats, notes = start
+    xc = yield from gathered(centre, idx[0], record)
+    xg = yield from gathered(glob, idx[1], record)
+    if stats is None:
+        stats = {"centre": channel_stats(xc, settings["standardize"])}
+        yield record
+        stats["glob"] = channel_stats(xg, settings["standardize"])
+    # the first torch optimiser of a process imports torch._dynamo: ~1 s that cannot be cut
+    yield from imported("torch._dynamo", record)
+    return (model, idx, stats, notes), xc, xg
 
 
 def gathered(

@@ -22,17 +22,8 @@ import torch
 
 from . import classifier_file
 from ._atomic import verify
-from ._fit_loop import (
-    EnsembleTrainLoop,
-    batch_bounds,
-    channel_stats,
-    check_labels,
-    continued,
-    fresh,
-    gathered,
-    normalise,
-)
-from ._progress import Callback, Progress, imported, run
+from ._fit_loop import EnsembleTrainLoop, check_labels, iter_start, normalise
+from ._progress import Callback, Progress, run
 from ._weights import assign, empty
 from .device import bf16_supported, cpu_threads, resolve_device
 from .errors import InputError, ModelFileError
@@ -185,22 +176,8 @@ class MTMSDClassifier:
         device = resolve_device(self.device)
         gen = torch.Generator().manual_seed(self.seed)
         settings = self.hyperparameters()
-        total = self.epochs * len(batch_bounds(len(y_idx), self.batch_size))
-        setup = {"stage": "train", "step": 0, "total": total}  # a record between set-up units
-        if warm_start is not None:
-            start = continued(warm_start, classes[y_idx], centre, glob, self.n_models, device)
-        else:
-            args = (centre, glob, classes[y_idx], len(classes), settings, gen, device, setup)
-            start = yield from fresh(*args)
-        model, (idx_c, idx_g), stats, notes = start
-        xc = yield from gathered(centre, idx_c, setup)
-        xg = yield from gathered(glob, idx_g, setup)
-        if stats is None:
-            stats = {"centre": channel_stats(xc, self.standardize)}
-            yield setup
-            stats["glob"] = channel_stats(xg, self.standardize)
-        # the first torch optimiser of a process imports torch._dynamo: ~1 s that cannot be cut
-        yield from imported("torch._dynamo", setup)
+        job = iter_start(centre, glob, (classes, y_idx), settings, gen, device, warm_start)
+        (model, (idx_c, idx_g), stats, notes), xc, xg = yield from job
         loop = EnsembleTrainLoop(model, xc, xg, y_idx, stats, settings, device, gen)
         yield from loop.run()
         self.model_ = model.cpu()

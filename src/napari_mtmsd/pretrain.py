@@ -133,20 +133,9 @@ def iter_pretrain(
         if dist_info.world > 1 and dev.type == "cuda":
             dev = torch.device("cuda", dist_info.local_rank)
             torch.cuda.set_device(dev)
-        model = yield from _train(
-            cube,
-            preset,
-            given,
-            dev,
-            int(seed),
-            out_dir,
-            resume,
-            compile,
-            precision,
-            (max_pixels, micro_batch),
-            dist_info,
-            tuner,
-        )
+        data = (max_pixels, micro_batch)
+        model = yield from _train(cube, preset, given, dev, int(seed), out_dir, resume, compile,
+                                  precision, data, dist_info, tuner)  # fmt: skip
         if dist_info.world > 1:
             # rank 0 may still be writing the model: a rank that tore the group down meanwhile
             # made the other abort at exit ("terminate called without an active exception").
