@@ -201,6 +201,7 @@ class PretrainLoop:
             torch.nn.utils.clip_grad_norm_(list(self.unet.parameters()), GRAD_CLIP)
             self.opt.step()
         except torch.OutOfMemoryError as exc:
+            self.pending_rng = None  # the retry draws anew, as an uninterrupted run would
             self._out_of_memory(batch, exc)
             return None
         self.pending_rng = None
