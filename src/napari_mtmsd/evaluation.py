@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._console import run_with_bar
-from ._progress import Callback, Progress, forward
+from ._progress import Callback, Progress, forward, imported
 from ._versioned import versions
 from .errors import InputError
 from .features import FeatureSpec
@@ -163,6 +163,7 @@ def _iter_score(
     engine: Any = None,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """Train on the training mask, predict the scene, score the test pixels and the baselines."""
+    yield from imported(f"{__package__}.metrics", {"stage": "train", "step": 0, "total": 0})
     from .metrics import scores
 
     train_mask, test_mask = masks
@@ -225,6 +226,10 @@ def _iter_baselines(
     spectral baselines on the raw spectra. ``train`` and ``test``: pixel coords and labels.
     Records about every quarter second of work (``baselines.iter_fit``; pixels read and predicted
     ``_CHUNK`` at a time): ``step`` counts hundredths of a baseline."""
+    # scikit-learn's metrics and estimators take 1-2 s of work to import: in a thread, with records
+    record = {"stage": "baselines", "step": 0, "total": 100 * len(names)}
+    for module in ("metrics", "baselines"):
+        yield from imported(f"{__package__}.{module}", record)
     from . import baselines as bl
     from .metrics import scores
 
