@@ -98,7 +98,7 @@ class _Store:
     """The reading API of a feature store over in-memory (H, W, T, D) arrays."""
 
     def __init__(self, centre: np.ndarray, glob: np.ndarray):
-        self.centre, self.glob = centre, glob
+        self.centre, self.glob, self.shape = centre, glob, centre.shape
 
     def pixels(self, coords):
         return self.centre[coords[:, 0], coords[:, 1]], self.glob[coords[:, 0], coords[:, 1]]

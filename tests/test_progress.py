@@ -88,7 +88,7 @@ def test_cpu_preset_extraction_records_within_a_second(cpu_preset, tmp_path):
     steps = [r["step"] for r in work]
     assert all(r["total"] == 64 * 64 for r in work) and steps[-1] == 64 * 64
     assert steps == sorted(steps) and len(set(steps)) > 4  # the bar moves within the tile
-    assert store.centre.shape == (64, 64, 3, sum(model.unet.stage_channels(spec.stages)))
+    assert store.shape == (64, 64, 3, sum(model.unet.stage_channels(spec.stages)))
 
 
 @pytest.fixture

@@ -212,8 +212,8 @@ def test_5_altered_cache_is_a_miss_and_rebuilt(damage, tiny_model, small_cube, t
     from napari_mtmsd._progress import run
 
     store = run(cache.iter_build(tiny_model, small_cube, SPEC, tmp_path, device="cpu"))
-    good = np.array(store.centre)
-    path = store.path / "centre.npy"
+    good = store.pixels(np.argwhere(np.ones(store.shape[:2], bool)))[0]
+    path = store.path / f"stage{SPEC.stages[0]}.npy"
     del store
     arr = np.load(path, mmap_mode="r+")
     arr[3:9] = np.nan if damage == "nan" else arr[3:9] * 1.5
@@ -221,7 +221,7 @@ def test_5_altered_cache_is_a_miss_and_rebuilt(damage, tiny_model, small_cube, t
     del arr
     assert cache.lookup(tiny_model, small_cube, SPEC, tmp_path, device="cpu") is None
     again = run(cache.iter_build(tiny_model, small_cube, SPEC, tmp_path, device="cpu"))
-    assert np.array_equal(np.asarray(again.centre), good)
+    assert np.array_equal(again.pixels(np.argwhere(np.ones(again.shape[:2], bool)))[0], good)
 
 
 @pytest.mark.parametrize("content", ["[]", "{}", '{"format_version": 1, "model_fingerprint": 3}'])

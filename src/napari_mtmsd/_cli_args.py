@@ -63,6 +63,13 @@ def _features(sp: argparse.ArgumentParser) -> None:
 
 def _cache_dir(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--cache-dir", help="feature cache (default ~/.cache/napari-mtmsd)")
+    _cache_max_gb(sp)
+
+
+def _cache_max_gb(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--cache-max-gb", type=float, help="cap on the feature cache's disk use; "
+                    "the least recently used entries make room (default $NAPARI_MTMSD_CACHE_MAX_GB "
+                    "or 50)")  # fmt: skip
 
 
 def _dask(sp: argparse.ArgumentParser) -> None:
@@ -183,6 +190,7 @@ def _pretraining(sp: argparse.ArgumentParser, steps_help: str) -> None:
 def _add_cache(sub: Subparsers) -> None:
     sp = _command(sub, "cache", "show the feature cache's entries and disk use; --clear frees it")
     sp.add_argument("--cache-dir", help="cache directory (default ~/.cache/napari-mtmsd)")
+    _cache_max_gb(sp)
     sp.add_argument("--clear", action="store_true", help="remove every entry")
 
 

@@ -1,14 +1,19 @@
 """On-disk cache of whole-scene features, so retraining after new labels costs no extraction.
 
-An entry is a directory ``<root>/<key>/`` holding ``centre.npy`` and ``global.npy``, each an
-(H, W, T, D) float16 array, and ``meta.json``. The key hashes everything the features depend on:
-the model's fingerprint, the cube's bytes, the feature spec and this format's version.
+An entry is a directory ``<root>/<key>/`` holding one ``stage<N>.npy`` per decoder stage, the
+stage's map at its own resolution over the scene, ``(Hs, Ws, T, Cs)`` float16, and
+``meta.json`` (where each map lies, ``_stage_maps.StageGrid``). ``FeatureStore`` forms the centre
+and global vectors from those maps when they are read (``_stage_maps``): about a sixth of the
+bytes of storing the vectors (docs/features.md, "Storage"). The key hashes everything the
+features depend on: the model's fingerprint, the cube's bytes, the feature spec and this
+format's version.
 
 Why ``.npy`` memory maps rather than zarr: readers need random access to a few thousand pixels
 (training labels) and a sequential pass (prediction); a memory-mapped ``.npy`` gives both at disk
 speed with numpy alone, and float16 features barely compress. An entry is written into a hidden
 temp directory and renamed into place only when complete, so a process killed mid-write never
-leaves anything that looks like a valid entry.
+leaves anything that looks like a valid entry. Disk use is capped (``max_bytes``): before an
+entry is written, the least recently used complete entries are removed until it fits.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ import hashlib
 import json
 import os
 import shutil
+import weakref
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import _stage_maps
 from ._atomic import atomic_dir, remove_ours, sweep, verify
 from ._progress import Progress
-from .features import FeatureSpec, Tile, effective_bf16, feature_dim, iter_scene
+from .errors import OutputError
+from .features import FeatureSpec, effective_bf16
 
 if TYPE_CHECKING:
     import torch
@@ -33,13 +41,33 @@ if TYPE_CHECKING:
     from .io import Cube
     from .model import DiffusionModel
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1: centre and global vectors, (H, W, T, D) each
+MAX_GB_ENV = "NAPARI_MTMSD_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 50.0
+#: Bytes of features formed at once when reading (a band of rows, or fewer for wide scenes).
+BAND_BYTES = 64 << 20
+_BLOCK = 32  # output columns formed together (the operators are dense over their cells)
+
+_open_stores: weakref.WeakSet[FeatureStore] = weakref.WeakSet()  # in use: never evicted
 
 
 def default_root() -> Path:
     """``$NAPARI_MTMSD_CACHE`` or ``~/.cache/napari-mtmsd/features``."""
     env = os.environ.get("NAPARI_MTMSD_CACHE")
     return Path(env) if env else Path.home() / ".cache" / "napari-mtmsd" / "features"
+
+
+def max_bytes() -> int:
+    """The cap on the cache's disk use: ``$NAPARI_MTMSD_CACHE_MAX_GB`` (the CLI's
+    ``--cache-max-gb`` sets it) or ``DEFAULT_MAX_GB``; GB are 10^9 bytes."""
+    text = os.environ.get(MAX_GB_ENV, "")
+    try:
+        gb = float(text) if text else DEFAULT_MAX_GB
+    except ValueError:
+        raise OutputError(f"{MAX_GB_ENV}={text!r}: expected a number of GB") from None
+    if gb <= 0:
+        raise OutputError(f"{MAX_GB_ENV}={text!r}: expected a positive number of GB")
+    return int(gb * 1e9)
 
 
 def cache_key(
@@ -60,17 +88,31 @@ def cache_key(
 
 
 class FeatureStore:
-    """A complete cache entry: memory-mapped (H, W, T, D) float16 ``centre`` and ``glob``."""
+    """A complete cache entry: the features of every pixel, ``shape`` (H, W, T, D), read as
+    float16 centre and global vectors by ``chunks`` (raster order) and ``pixels`` (any)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         verify(self.path)  # altered or NaN-filled values are caught here, not classified
         self.meta = json.loads((self.path / "meta.json").read_text())
-        self.centre = np.load(self.path / "centre.npy", mmap_mode="r")
-        self.glob = np.load(self.path / "global.npy", mmap_mode="r")
-        expected = tuple(self.meta["shape"])
-        if self.centre.shape != expected or self.glob.shape != expected:
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"cache entry {self.path} has format {self.meta.get('format')}")
+        self.grids = [_stage_maps.StageGrid.from_dict(g) for g in self.meta["grids"]]
+        self.window = int(self.meta["window"])
+        self._shape = tuple(int(n) for n in self.meta["shape"])
+        self.maps = [np.load(self.path / f"stage{g.stage}.npy", mmap_mode="r") for g in self.grids]
+        T, D = self.shape[2:]
+        shapes = [(*g.shape, T, g.channels) for g in self.grids]
+        if [m.shape for m in self.maps] != shapes or sum(s[-1] for s in shapes) != D:
             raise ValueError(f"cache entry {self.path} does not match its meta.json")
+        self._offsets = np.cumsum([0, *(g.channels for g in self.grids)])
+        _open_stores.add(self)
+        os.utime(self.path)  # when it was last used: the least recently used goes first
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """(H, W, T, D): the scene's pixels, timesteps and feature channels."""
+        return self._shape
 
     @property
     def spec(self) -> FeatureSpec:
@@ -78,27 +120,134 @@ class FeatureStore:
 
     @property
     def nbytes(self) -> int:
-        return int(self.centre.nbytes + self.glob.nbytes)
+        return int(sum(m.nbytes for m in self.maps))
+
+    def block(
+        self,
+        rows: np.ndarray,
+        cols: np.ndarray,
+        timesteps: np.ndarray | slice = slice(None),
+        channels: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Features of the pixels ``rows x cols`` -> centre, glob (n_rows, n_cols, T, D)
+        float16; of the given ``timesteps`` and (sorted) ``channels`` only when given."""
+        import torch
+
+        n_t = len(np.arange(self.shape[2])[timesteps])
+        chosen = np.arange(self.shape[3]) if channels is None else np.asarray(channels)
+        centre = np.empty((len(rows), len(cols), n_t, len(chosen)), np.float16)
+        glob = np.empty_like(centre)
+        out = torch.from_numpy(centre), torch.from_numpy(glob)
+        for k, (stored, grid) in enumerate(zip(self.maps, self.grids, strict=True)):
+            lo, hi = np.searchsorted(chosen, self._offsets[k : k + 2])
+            if lo == hi:
+                continue
+            select = (
+                timesteps,
+                slice(None) if channels is None else chosen[lo:hi] - self._offsets[k],
+            )
+            c, g = _stage_maps.form(stored, grid, rows, cols, self.window, select)
+            out[0][..., lo:hi].copy_(c)
+            out[1][..., lo:hi].copy_(g)
+        return centre, glob
+
+    def view(self, kind: str = "centre") -> FeatureView:
+        """The centre (or ``"global"``) features as a lazily formed (H, W, T, D) array."""
+        return FeatureView(self, kind)
+
+    def band(self, r0: int, r1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features of rows ``r0:r1`` -> centre, glob (r1 - r0, W, T, D) float16."""
+        W = self.shape[1]
+        centre = np.empty((r1 - r0, W, *self.shape[2:]), np.float16)
+        glob = np.empty_like(centre)
+        rows = np.arange(r0, r1)
+        for c0 in range(0, W, _BLOCK):
+            cols = np.arange(c0, min(c0 + _BLOCK, W))
+            centre[:, cols[0] : cols[-1] + 1], glob[:, cols[0] : cols[-1] + 1] = self.block(
+                rows, cols
+            )
+        return centre, glob
 
     def chunks(self, size: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
-        """Raster-order runs of pixels: (flat index range, centre, glob), read sequentially."""
-        H, W = self.centre.shape[:2]
-        centre = self.centre.reshape(H * W, *self.centre.shape[2:])
-        glob = self.glob.reshape(H * W, *self.glob.shape[2:])
-        for s in range(0, H * W, size):
-            sl = slice(s, min(s + size, H * W))
-            yield sl, np.asarray(centre[sl]), np.asarray(glob[sl])
+        """Raster-order runs of ``size`` pixels: (flat index range, centre, glob), formed a band
+        of rows at a time (memory bounded by ``BAND_BYTES``)."""
+        H, W, T, D = self.shape
+        rows = int(np.clip(BAND_BYTES // (W * T * D * 4), 1, _BLOCK))
+        left = (np.empty((0, T, D), np.float16),) * 2  # the last band's pixels not yet yielded
+        for r0 in range(0, H, rows):
+            c, g = (a.reshape(-1, T, D) for a in self.band(r0, min(r0 + rows, H)))
+            start, n = r0 * W - len(left[0]), len(left[0]) + len(c)
+            if left[0].size:  # a run across two bands: the only pixels copied
+                k = min(size - len(left[0]), len(c))
+                c0, g0 = np.concatenate([left[0], c[:k]]), np.concatenate([left[1], g[:k]])
+                if len(c0) < size and r0 + rows < H:
+                    left = c0, g0
+                    continue
+                yield slice(start, start + len(c0)), c0, g0
+                c, g, start, n = c[k:], g[k:], start + len(c0), n - len(c0)
+            full = n if r0 + rows >= H else n // size * size
+            for s in range(0, full, size):
+                e = min(s + size, full)
+                yield slice(start + s, start + e), c[s:e], g[s:e]
+            left = c[full:], g[full:]
 
     def pixels(self, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Features of pixels (N, 2) -> centre, glob (N, T, D) float16, read from disk."""
-        coords = np.asarray(coords)
-        order = np.lexsort((coords[:, 1], coords[:, 0]))  # raster order reads the file forwards
-        r, c = coords[order, 0], coords[order, 1]
-        centre = np.empty((len(coords), *self.centre.shape[2:]), np.float16)
+        """Features of pixels (N, 2) -> centre, glob (N, T, D) float16, formed a block of
+        ``16 x 16`` pixels at a time from the rows and columns wanted in it."""
+        coords = np.asarray(coords, np.int64).reshape(-1, 2)
+        centre = np.empty((len(coords), *self.shape[2:]), np.float16)
         glob = np.empty_like(centre)
-        centre[order] = self.centre[r, c]
-        glob[order] = self.glob[r, c]
+        blocks = (coords[:, 0] // 16) * (self.shape[1] // 16 + 1) + coords[:, 1] // 16
+        order = np.argsort(blocks, kind="stable")
+        bounds = np.flatnonzero(np.diff(blocks[order])) + 1
+        for idx in np.split(order, bounds) if len(order) else []:
+            r, c = coords[idx, 0], coords[idx, 1]
+            rows, ri = np.unique(r, return_inverse=True)
+            cols, ci = np.unique(c, return_inverse=True)
+            bc, bg = self.block(rows, cols)
+            centre[idx], glob[idx] = bc[ri, ci], bg[ri, ci]
         return centre, glob
+
+
+class FeatureView:
+    """A store's centre or global features as a read-only (H, W, T, D) float16 array formed for
+    what is indexed (ints and slices): a napari layer shows one timestep and channel of them,
+    the inspector's PCA reads a timestep at a time. ``transpose`` reorders the axes lazily."""
+
+    dtype = np.dtype(np.float16)
+    ndim = 4
+
+    def __init__(self, store: FeatureStore, kind: str = "centre", axes: tuple = (0, 1, 2, 3)):
+        self.store, self.kind, self.axes = store, kind, tuple(axes)
+        self.shape = tuple(store.shape[a] for a in self.axes)
+
+    def transpose(self, *axes: int) -> FeatureView:
+        axes = tuple(axes[0]) if len(axes) == 1 and not isinstance(axes[0], int) else axes
+        return FeatureView(self.store, self.kind, tuple(self.axes[a] for a in axes))
+
+    def __array__(self, dtype: object = None, copy: object = None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+    def __getitem__(self, key: object) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:i] + (slice(None),) * (5 - len(key)) + key[i + 1 :]
+        key = key + (slice(None),) * (4 - len(key))
+        index = [np.arange(self.shape[v])[k] for v, k in enumerate(key)]
+        drop = tuple(0 if np.ndim(i) == 0 else slice(None) for i in index)
+        nat = [None] * 4
+        for v, i in enumerate(index):
+            nat[self.axes[v]] = np.atleast_1d(i)
+        rows, cols, ts, ds = nat
+        order = np.argsort(ds, kind="stable")
+        n = len(ts) * len(ds)
+        step = max(1, int(BAND_BYTES // max(4 * len(cols) * n, 1)))
+        out = np.empty((len(rows), len(cols), len(ts), len(ds)), np.float16)
+        for r in range(0, len(rows), step):
+            c, g = self.store.block(rows[r : r + step], cols, ts, ds[order])
+            out[r : r + step, :, :, order] = c if self.kind == "centre" else g
+        return out.transpose(self.axes)[drop]
 
 
 def lookup(
@@ -139,7 +288,8 @@ def iter_build(
     device: str | torch.device = "auto",
     memory_mb: float = 2048,
 ) -> Generator[Progress, None, FeatureStore]:
-    """Whole-scene dense features into the cache (a hit returns at once) -> the entry."""
+    """Whole-scene dense features into the cache (a hit returns at once) -> the entry. Room is
+    made first (``evict``): the new entry's size is known once its stage maps are planned."""
     spec = spec or FeatureSpec()
     root = Path(root or default_root())
     H, W = cube.data.shape[:2]
@@ -151,52 +301,96 @@ def iter_build(
     if hit is not None:
         yield {"stage": "features", "step": 1, "total": 1, "cached": True}
         return hit
-    shape = (H, W, len(spec.timesteps), feature_dim(model, spec))
+    nT = len(spec.timesteps)
     with atomic_dir(root / key, kind="feature cache entry") as tmp:
-        out = {
-            name: np.lib.format.open_memmap(tmp / f"{name}.npy", "w+", np.float16, shape)
-            for name in ("centre", "global")
-        }
+        maps: list[np.memmap] = []
 
-        def sink(tile: Tile, c: np.ndarray, g: np.ndarray) -> None:
-            rs, cs = slice(*tile.rows), slice(*tile.cols)
-            out["centre"][rs, cs], out["global"][rs, cs] = c, g
+        def open_maps(grids: list[_stage_maps.StageGrid]) -> list[np.memmap]:
+            shapes = [(*g.shape, nT, g.channels) for g in grids]
+            evict(root, sum(2 * int(np.prod(s)) + 128 for s in shapes), keep=root / key)
+            maps.extend(
+                np.lib.format.open_memmap(tmp / f"stage{g.stage}.npy", "w+", np.float16, s)
+                for g, s in zip(grids, shapes, strict=True)
+            )
+            return maps
 
-        yield from iter_scene(model, cube, spec, sink, device, memory_mb)
-        yield from _iter_flush(list(out.values()))
-        out.clear()  # close the maps before the directory is renamed
+        grids = yield from _stage_maps.iter_build(model, cube, spec, open_maps, device, memory_mb)
+        yield from _iter_flush(maps)
+        maps.clear()  # close the maps before the directory is renamed
         meta = {
             "format": FORMAT_VERSION,
             "key": key,
-            "shape": list(shape),
+            "shape": [H, W, nT, sum(g.channels for g in grids)],
+            "window": int(model.patch_size),
+            "grids": [g.to_dict() for g in grids],
             "spec": spec.to_dict(),
             "model": model.fingerprint(),
             "cube": {"name": cube.name, "shape": list(cube.data.shape)},
-            "stage_channels": list(model.unet.stage_channels(spec.stages)),
+            "stage_channels": [g.channels for g in grids],
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     return FeatureStore(root / key)
 
 
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+
+
 def entries(root: str | os.PathLike | None = None) -> list[dict]:
-    """The complete entries: path, cube name and shape, feature shape, size in MB."""
+    """The complete entries, least recently used first: path, cube name and shape, feature
+    shape, size in MB, bytes per pixel, format version and when last used (seconds since the
+    epoch)."""
     root = Path(root or default_root())
     out = []
-    for meta_file in sorted(root.glob("*/meta.json")):
+    for meta_file in root.glob("*/meta.json"):
         try:
             meta = json.loads(meta_file.read_text())
+            size, used = _size(meta_file.parent), meta_file.parent.stat().st_mtime
         except (OSError, json.JSONDecodeError):
             continue
-        size = sum(f.stat().st_size for f in meta_file.parent.iterdir() if f.is_file())
+        shape = tuple(meta.get("shape", ()))
+        pixels = int(np.prod(shape[:2])) if len(shape) >= 2 else 0
         out.append(
             {
                 "path": str(meta_file.parent),
-                "cube": meta["cube"]["name"],
-                "shape": tuple(meta["shape"]),
+                "cube": meta.get("cube", {}).get("name"),
+                "shape": shape,
                 "size_mb": size / 2**20,
+                "bytes_per_pixel": size / pixels if pixels else None,
+                "format": meta.get("format", 1),
+                "last_used": used,
             }
         )
-    return out
+    return sorted(out, key=lambda e: e["last_used"])
+
+
+def evict(root: str | os.PathLike | None, need: int, keep: Path | None = None) -> list[Path]:
+    """Make room for ``need`` more bytes under ``max_bytes()``: entries of older formats go
+    first, then complete entries, least recently used first; never ``keep`` (being written) or
+    an entry this process has open. -> the entries removed. ``OutputError`` if it cannot fit."""
+    root = Path(root or default_root())
+    cap, used = max_bytes(), disk_usage(root)
+    in_use = {Path(s.path).resolve() for s in list(_open_stores)}
+    if keep is not None:
+        in_use.add(Path(keep).resolve())
+    candidates = [e for e in entries(root) if Path(e["path"]).resolve() not in in_use]
+    candidates.sort(key=lambda e: (e["format"] == FORMAT_VERSION, e["last_used"]))
+    chosen = []
+    for e in candidates:
+        if used + need <= cap and e["format"] == FORMAT_VERSION:
+            break
+        chosen.append(Path(e["path"]))
+        used -= _size(chosen[-1])
+    if used + need > cap:  # decided before anything is removed
+        raise OutputError(
+            f"the features of this scene need {need / 1e9:.2f} GB; the feature cache {root} "
+            f"can free no more than leaves {used / 1e9:.2f} GB in use of its "
+            f"{cap / 1e9:.2f} GB cap: raise the cap (--cache-max-gb, or ${MAX_GB_ENV})"
+        )
+    for path in chosen:
+        shutil.rmtree(path, ignore_errors=True)
+    removed = chosen
+    return removed
 
 
 def disk_usage(root: str | os.PathLike | None = None) -> int:

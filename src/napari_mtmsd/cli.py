@@ -234,9 +234,11 @@ def cmd_cache(a: argparse.Namespace) -> int:
 
     root = Path(a.cache_dir) if a.cache_dir else cache.default_root()
     entries = cache.entries(root)
-    for e in entries:
-        print(f"{e['size_mb']:10.1f} MB  {e['cube']} {e['shape']}  {e['path']}")
-    print(f"{cache.disk_usage(root) / 2**20:10.1f} MB  in {root} ({len(entries)} entries)")
+    for e in entries:  # least recently used first: the next to go when room is needed
+        per_px = f"{e['bytes_per_pixel']:,.0f} B/px" if e["bytes_per_pixel"] else ""
+        print(f"{e['size_mb']:10.1f} MB  {per_px:>11}  {e['cube']} {e['shape']}  {e['path']}")
+    used, cap = cache.disk_usage(root), cache.max_bytes()
+    print(f"{used / 2**20:10.1f} MB  in {root} ({len(entries)} entries; cap {cap / 1e9:g} GB)")
     if a.clear:
         kept = cache.clear(root)
         note = f" (kept {len(kept)} items that are not cache entries)" if kept else ""
@@ -424,6 +426,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache_max_gb", None) is not None:  # read by cache.max_bytes
+        os.environ["NAPARI_MTMSD_CACHE_MAX_GB"] = str(args.cache_max_gb)
     if args.debug:
         return COMMANDS[args.command](args)
     try:

@@ -88,8 +88,8 @@ class FeatureEmbedding:
         """Fit on a seeded sample of the pixels of ``store`` (a whole-scene feature store): read,
         averaged, standardised in chunks with a progress record after each; the randomized PCA
         runs in a thread meanwhile yielding records (``_progress.waiting``)."""
-        H, W = store.centre.shape[:2]
-        n_feat = 2 * int(np.prod(store.centre.shape[2:]))
+        H, W = store.shape[:2]
+        n_feat = 2 * int(np.prod(store.shape[2:]))
         n_sample = int(min(H * W, max(4 * n_components, budget_mb * 2**20 // (8 * n_feat))))
         if n_sample < 3:
             raise InputError(f"an embedding needs at least 3 pixels; the scene has {H * W}")
@@ -142,7 +142,7 @@ class FeatureEmbedding:
     def iter_transform(self, store: Any) -> Generator[Progress, None, np.ndarray]:
         """The embedding of every pixel of ``store``: ``(H, W, n)`` float32; a progress record
         per chunk of pixels read."""
-        H, W = store.centre.shape[:2]
+        H, W = store.shape[:2]
         out = np.empty((H * W, self.n_components), np.float32)
         total = -(-H * W // _CHUNK)
         for i, (idx, centre, glob) in enumerate(store.chunks(_CHUNK)):

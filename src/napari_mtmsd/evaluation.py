@@ -180,7 +180,7 @@ def _iter_score(
     test_coords, y_test = labelled_pixels(np.where(test_mask, gt, 0))
     labels = sorted(int(v) for v in np.unique(gt[gt > 0]))
     report = scores(y_test, class_map[test_coords[:, 0], test_coords[:, 1]], labels=labels)
-    k = classifier_kwargs.get("k") or default_k(store.centre.shape[-1])
+    k = classifier_kwargs.get("k") or default_k(store.shape[-1])
     train = labelled_pixels(np.where(train_mask, gt, 0))
     report["baselines"] = yield from _iter_baselines(
         baselines, cube, store, train, (test_coords, y_test), labels, seed, k

@@ -48,7 +48,7 @@ def iter_export(
             layout = "(rows, cols, timesteps, channels)"
         elif labels is None:
             store = yield from iter_features(model, cube, spec, device, cache_dir)
-            shape = _save(tmp, store.centre, store.glob)
+            shape = _save_store(tmp, store)
             layout = "(rows, cols, timesteps, channels)"
         else:
             coords, y = labelled_pixels(labels)
@@ -74,3 +74,19 @@ def _save(tmp: Path, centre: Any, glob: Any) -> tuple[int, ...]:
     np.save(tmp / "centre.npy", centre)
     np.save(tmp / "global.npy", glob)
     return tuple(centre.shape)
+
+
+def _save_store(tmp: Path, store: Any) -> tuple[int, ...]:
+    """A cache entry's features written as (H, W, T, D) arrays, formed a band of rows at a time
+    (``cache.FeatureStore`` keeps the stage maps they come from)."""
+    H, W, T, D = store.shape
+    maps = [
+        np.lib.format.open_memmap(tmp / name, "w+", np.float16, (H, W, T, D))
+        for name in ("centre.npy", "global.npy")
+    ]
+    flat = [m.reshape(H * W, T, D) for m in maps]  # views of the C-order maps
+    for idx, c, g in store.chunks(1 << 14):
+        flat[0][idx], flat[1][idx] = c, g
+    for m in maps:
+        m.flush()
+    return (H, W, T, D)

@@ -37,6 +37,8 @@ from ._feature_spec import DEFAULT_STAGES as DEFAULT_STAGES
 from ._feature_spec import DEFAULT_TIMESTEPS as DEFAULT_TIMESTEPS
 from ._feature_spec import FeatureSpec as FeatureSpec
 from ._progress import Pacer, Progress, paced, run
+from ._tiles import Tile as Tile
+from ._tiles import plan_tiles as plan_tiles
 from ._unet_passes import effective_bf16 as effective_bf16
 from .errors import InputError
 
@@ -143,51 +145,6 @@ def _iter_patch_features(
 # Dense tiling.
 
 
-@dataclasses.dataclass(frozen=True)
-class Tile:
-    """A dense tile: U-Net input at scene (r0, c0) of size (h, w); it serves the scene pixels
-    rows[0]:rows[1], cols[0]:cols[1]."""
-
-    r0: int
-    c0: int
-    h: int
-    w: int
-    rows: tuple[int, int]
-    cols: tuple[int, int]
-
-
-def plan_tiles(
-    height: int, width: int, window: int, spec: FeatureSpec, multiple: int
-) -> list[Tile]:
-    """Cover the scene with tiles whose served pixels have their whole window plus ``margin``
-    inside the tile. A scene that fits in one tile gets exactly one (no redundant work)."""
-    halo = window // 2 + spec.margin
-
-    def axis(n: int) -> list[tuple[int, int, int]]:
-        size = n + 2 * halo
-        size = -(-size // multiple) * multiple
-        if size <= spec.tile:
-            return [(-halo, size, 0)]
-        tile = -(-spec.tile // multiple) * multiple
-        core = tile - 2 * halo
-        if core < multiple:
-            raise InputError(
-                f"tile {spec.tile} is too small for window {window} and margin {spec.margin}: "
-                f"use a tile of at least {2 * halo + 4 * multiple}"
-            )
-        return [(s - halo, tile, s) for s in range(0, n, core)]
-
-    tiles = []
-    for r0, h, rs in axis(height):
-        for c0, w, cs in axis(width):
-            core_h = h - 2 * halo
-            core_w = w - 2 * halo
-            tiles.append(
-                Tile(r0, c0, h, w, (rs, min(rs + core_h, height)), (cs, min(cs + core_w, width)))
-            )
-    return tiles
-
-
 def _iter_empty(
     shape: tuple[int, ...], chunk_bytes: int = 32 << 20
 ) -> Generator[float, None, np.ndarray]:
@@ -216,31 +173,33 @@ def _bands(
         yield band, centre[r:r1], glob[r:r1]
 
 
-def _tile_flops(runner: passes.Runner, tile: Tile) -> float:
-    """The work of one tile: every U-Net pass and the features read from its stage maps."""
+def _tile_flops(runner: passes.Runner, tile: Tile, post: bool = True) -> float:
+    """The work of one tile: every U-Net pass and (``post``) the features read from its stage
+    maps (without, the maps are only copied: work too small to count)."""
     layers, stage_shapes = runner.probe(tile.h, tile.w)
     h, w = tile.rows[1] - tile.rows[0], tile.cols[1] - tile.cols[0]
-    per_timestep = sum(layers) * runner.spec.noise_draws + passes.post_flops(stage_shapes, h, w)
+    per_timestep = sum(layers) * runner.spec.noise_draws
+    if post:
+        per_timestep += passes.post_flops(stage_shapes, h, w)
     return per_timestep * len(runner.spec.timesteps)
 
 
-def _iter_tile(
+def _iter_tile_maps(
     runner: passes.Runner,
     model: DiffusionModel,
     cube: Cube,
     tile: Tile,
-    mask: np.ndarray | None = None,
-) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
-    """Features of the pixels a tile serves -> centre, glob (h, w, T, D) float16.
-
-    ``mask`` (h, w) limits the returned rows to the pixels wanted (then arrays are (n, T, D)).
-    Yields FLOPs of work as they are done (``_tile_flops`` in all). A pass holds the draws and
-    timesteps that fit ``runner.images_per_pass``; the draws' stage maps are summed in draw
-    order whether they ran in one pass or several.
+    each: Callable[[slice, int, torch.Tensor], float],
+) -> Generator[float, None, None]:
+    """A tile's U-Net passes: for every batch of timesteps ``ti`` and stage ``k``, the stage map
+    averaged over the noise draws, ``m (nt, Cs, hs, ws)`` (float, channels-last), goes to
+    ``each(ti, k, m)``, which returns the FLOPs of what it did with it. Yields FLOPs of work as
+    it is done. A pass holds the draws and timesteps that fit ``runner.images_per_pass``; the
+    draws' stage maps are summed in draw order whether they ran in one pass or several.
     """
     import torch
 
-    spec, P, draws = runner.spec, runner.window, runner.spec.noise_draws
+    spec, draws = runner.spec, runner.spec.noise_draws
     nT = len(spec.timesteps)
     x0 = read_window(model, cube, tile.r0, tile.c0, tile.h, tile.w)
     seeds = range(spec.noise_seed, spec.noise_seed + draws)
@@ -249,20 +208,9 @@ def _iter_tile(
     )
     x0 = torch.from_numpy(x0)[None].to(runner.device).expand(draws, -1, -1, -1)
     noise = torch.from_numpy(noise).to(runner.device)
-    # served pixel p (scene) is at tile index p - r0; its window starts at p - r0 - P // 2
-    ri = slice(tile.rows[0] - tile.r0, tile.rows[1] - tile.r0)
-    ci = slice(tile.cols[0] - tile.c0, tile.cols[1] - tile.c0)
-    h, w = ri.stop - ri.start, ci.stop - ci.start
-    shape = (h, w, nT, runner.D) if mask is None else (int(mask.sum()), nT, runner.D)
-    centre = yield from _iter_empty(shape)
-    glob = yield from _iter_empty(shape)
-    outputs = (torch.from_numpy(centre), torch.from_numpy(glob))  # views: writes land in both
-    sel = None if mask is None else torch.from_numpy(mask.reshape(-1)).to(runner.device)
     fit = runner.images_per_pass(tile.h, tile.w)
     per_pass = min(draws, fit)  # draws per pass
     bt = max(1, min(runner.batch(per_pass, tile.h, tile.w), fit // per_pass))
-    stage_shapes = runner.probe(tile.h, tile.w)[1]
-    ops: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}  # (hs, ws) -> Rc, Rg, Cc, Cg
     for t0 in range(0, nT, bt):
         ti = slice(t0, min(t0 + bt, nT))
         maps: list[torch.Tensor] = []
@@ -277,28 +225,57 @@ def _iter_tile(
                     passes.sum_draws(m, g.stop - g.start, s)
                     for m, s in zip(out, into, strict=True)
                 ]
-        d0 = 0
-        for m, stage_shape in zip(maps, stage_shapes, strict=True):
-            if draws > 1:
-                m = m.div_(draws)
-            hs, ws = m.shape[-2:]
-            if (hs, ws) not in ops:
-                r = passes.axis_operators(hs, tile.h, ri, P)
-                c = passes.axis_operators(ws, tile.w, ci, P)
-                ops[hs, ws] = tuple(o.to(runner.device) for o in (*r, *c))
-            rc, rg, cc, cg = ops[hs, ws]
-            d1 = d0 + m.shape[1]
-            full_size = (hs, ws) == (tile.h, tile.w)  # then the centre is a plain crop
-            for out, glob_ in zip(outputs, (False, True), strict=True):
-                if full_size and not glob_:
-                    f = m[:, :, ri, ci].permute(2, 3, 0, 1)
-                else:
-                    f = passes.separable(m, rg, cg) if glob_ else passes.separable(m, rc, cc)
-                if sel is not None:
-                    f = f.reshape(h * w, *f.shape[2:])[sel]
-                out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
-            d0 = d1
-            yield passes.post_flops([stage_shape], h, w) * (ti.stop - t0)
+        for k, m in enumerate(maps):
+            yield each(ti, k, m.div_(draws) if draws > 1 else m)
+
+
+def _iter_tile(
+    runner: passes.Runner,
+    model: DiffusionModel,
+    cube: Cube,
+    tile: Tile,
+    mask: np.ndarray | None = None,
+) -> Generator[float, None, tuple[np.ndarray, np.ndarray]]:
+    """Features of the pixels a tile serves -> centre, glob (h, w, T, D) float16.
+
+    ``mask`` (h, w) limits the returned rows to the pixels wanted (then arrays are (n, T, D)).
+    Yields FLOPs of work as they are done (``_tile_flops`` in all).
+    """
+    import torch
+
+    P, nT = runner.window, len(runner.spec.timesteps)
+    # served pixel p (scene) is at tile index p - r0; its window starts at p - r0 - P // 2
+    ri = slice(tile.rows[0] - tile.r0, tile.rows[1] - tile.r0)
+    ci = slice(tile.cols[0] - tile.c0, tile.cols[1] - tile.c0)
+    h, w = ri.stop - ri.start, ci.stop - ci.start
+    shape = (h, w, nT, runner.D) if mask is None else (int(mask.sum()), nT, runner.D)
+    centre = yield from _iter_empty(shape)
+    glob = yield from _iter_empty(shape)
+    outputs = (torch.from_numpy(centre), torch.from_numpy(glob))  # views: writes land in both
+    sel = None if mask is None else torch.from_numpy(mask.reshape(-1)).to(runner.device)
+    offsets = np.cumsum([0, *runner.channels])
+    ops: dict[tuple[int, int], tuple[torch.Tensor, ...]] = {}  # (hs, ws) -> Rc, Rg, Cc, Cg
+
+    def each(ti: slice, k: int, m: torch.Tensor) -> float:
+        hs, ws = m.shape[-2:]
+        if (hs, ws) not in ops:
+            r = passes.axis_operators(hs, tile.h, ri, P)
+            c = passes.axis_operators(ws, tile.w, ci, P)
+            ops[hs, ws] = tuple(o.to(runner.device) for o in (*r, *c))
+        rc, rg, cc, cg = ops[hs, ws]
+        d0, d1 = offsets[k], offsets[k + 1]
+        full_size = (hs, ws) == (tile.h, tile.w)  # then the centre is a plain crop
+        for out, glob_ in zip(outputs, (False, True), strict=True):
+            if full_size and not glob_:
+                f = m[:, :, ri, ci].permute(2, 3, 0, 1)
+            else:
+                f = passes.separable(m, rg, cg) if glob_ else passes.separable(m, rc, cc)
+            if sel is not None:
+                f = f.reshape(h * w, *f.shape[2:])[sel]
+            out[..., ti, d0:d1].copy_(f)  # transpose, float16 and store in one pass
+        return passes.post_flops([(d1 - d0, hs, ws)], h, w) * (ti.stop - ti.start)
+
+    yield from _iter_tile_maps(runner, model, cube, tile, each)
     return centre, glob
 
 

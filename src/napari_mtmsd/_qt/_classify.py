@@ -203,7 +203,7 @@ class ClassifySection(QWidget):
         if store is None:
             self.cache_info.setText("features: not extracted for this model, cube and spec")
             return
-        h, w, t, d = store.centre.shape
+        h, w, t, d = store.shape
         self.cache_info.setText(
             f"features cached: {h} x {w} px, {t} timesteps x {d} channels, "
             f"{store.nbytes / 2**20:.0f} MB in {store.path}"

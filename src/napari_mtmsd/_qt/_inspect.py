@@ -94,7 +94,7 @@ class InspectSection(QWidget):
         store = self._store()
         if store is None:
             return None
-        data = np.transpose(store.centre, (2, 3, 0, 1))  # a view of the memory map
+        data = np.transpose(store.view(), (2, 3, 0, 1))  # formed where displayed
         layer = show_image(
             self.session.viewer,
             FEATURES_LAYER,
@@ -102,7 +102,7 @@ class InspectSection(QWidget):
             self.session.transform(),
             axis_labels=("timestep", "channel", "y", "x"),
             colormap="viridis",
-            contrast_limits=_limits(store.centre),
+            contrast_limits=_limits(store.view()),
         )
         layer.metadata["timesteps"] = list(store.spec.timesteps)
         return layer
@@ -129,7 +129,7 @@ class InspectSection(QWidget):
         from napari_mtmsd.diagnostics import iter_pca_rgb
 
         self.session.runner.start(
-            "PCA per timestep", iter_pca_rgb(store.centre, timesteps), on_done
+            "PCA per timestep", iter_pca_rgb(store.view(), timesteps), on_done
         )
 
     def show_attention(self) -> None:
