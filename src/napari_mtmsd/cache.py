@@ -240,14 +240,25 @@ class FeatureView:
         for v, i in enumerate(index):
             nat[self.axes[v]] = np.atleast_1d(i)
         rows, cols, ts, ds = nat
-        order = np.argsort(ds, kind="stable")
-        n = len(ts) * len(ds)
-        step = max(1, int(BAND_BYTES // max(4 * len(cols) * n, 1)))
         out = np.empty((len(rows), len(cols), len(ts), len(ds)), np.float16)
-        for r in range(0, len(rows), step):
-            c, g = self.store.block(rows[r : r + step], cols, ts, ds[order])
-            out[r : r + step, :, :, order] = c if self.kind == "centre" else g
+        ro, co, do = (np.argsort(a, kind="stable") for a in (rows, cols, ds))
+        for rs in _spans(rows[ro]):  # blocks of nearby pixels: the cells read stay few
+            for cs in _spans(cols[co]):
+                c, g = self.store.block(rows[ro[rs]], cols[co[cs]], ts, ds[do])
+                out[np.ix_(ro[rs], co[cs], np.arange(len(ts)), do)] = (
+                    c if self.kind == "centre" else g
+                )
         return out.transpose(self.axes)[drop]
+
+
+def _spans(positions: np.ndarray, span: int = 64) -> list[slice]:
+    """Runs of sorted ``positions``, each within ``span`` of its first."""
+    runs, s = [], 0
+    for i in range(1, len(positions) + 1):
+        if i == len(positions) or positions[i] - positions[s] >= span:
+            runs.append(slice(s, i))
+            s = i
+    return runs
 
 
 def lookup(
