@@ -128,15 +128,19 @@ class FeatureStore:
         cols: np.ndarray,
         timesteps: np.ndarray | slice = slice(None),
         channels: np.ndarray | None = None,
+        out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Features of the pixels ``rows x cols`` -> centre, glob (n_rows, n_cols, T, D)
-        float16; of the given ``timesteps`` and (sorted) ``channels`` only when given."""
+        float16 (written into ``out`` when given); of the given ``timesteps`` and (sorted)
+        ``channels`` only when given."""
         import torch
 
-        n_t = len(np.arange(self.shape[2])[timesteps])
+        if out is None:
+            n_t = len(np.arange(self.shape[2])[timesteps])
+            n_d = self.shape[3] if channels is None else len(channels)
+            out = tuple(np.empty((len(rows), len(cols), n_t, n_d), np.float16) for _ in "cg")
+        centre, glob = out
         chosen = np.arange(self.shape[3]) if channels is None else np.asarray(channels)
-        centre = np.empty((len(rows), len(cols), n_t, len(chosen)), np.float16)
-        glob = np.empty_like(centre)
         out = torch.from_numpy(centre), torch.from_numpy(glob)
         for k, (stored, grid) in enumerate(zip(self.maps, self.grids, strict=True)):
             lo, hi = np.searchsorted(chosen, self._offsets[k : k + 2])
@@ -162,10 +166,8 @@ class FeatureStore:
         glob = np.empty_like(centre)
         rows = np.arange(r0, r1)
         for c0 in range(0, W, _BLOCK):
-            cols = np.arange(c0, min(c0 + _BLOCK, W))
-            centre[:, cols[0] : cols[-1] + 1], glob[:, cols[0] : cols[-1] + 1] = self.block(
-                rows, cols
-            )
+            c1 = min(c0 + _BLOCK, W)
+            self.block(rows, np.arange(c0, c1), out=(centre[:, c0:c1], glob[:, c0:c1]))
         return centre, glob
 
     def chunks(self, size: int) -> Iterator[tuple[slice, np.ndarray, np.ndarray]]:
