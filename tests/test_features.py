@@ -189,14 +189,16 @@ def test_bad_mode_and_coords(tiny_model, small_cube):
 
 
 def test_peak_memory_stays_bounded_on_a_large_scene(tiny_model, tmp_path):
-    """1000 x 1000 scene streamed through the tiny U-Net in a fresh process: its peak RSS stays
-    far below what materialising the (H, W, T, D) features would take."""
+    """1000 x 1000 scene streamed through the tiny U-Net into the feature cache, then read back
+    whole by ``chunks``, in a fresh process: its peak RSS stays far below what materialising the
+    (H, W, T, D) features would take (building is bounded by the tile, reading by the band)."""
     model_dir = tmp_path / "model"
     tiny_model.save(model_dir)
     script = textwrap.dedent(
         f"""
         import json, resource, numpy as np
-        from napari_mtmsd.features import FeatureSpec, iter_scene
+        from napari_mtmsd import cache
+        from napari_mtmsd.features import FeatureSpec
         from napari_mtmsd.io import Cube
         from napari_mtmsd.model import DiffusionModel
         from napari_mtmsd._progress import run
@@ -209,11 +211,12 @@ def test_peak_memory_stays_bounded_on_a_large_scene(tiny_model, tmp_path):
         cube = Cube(data=data, wavelengths=None, wavelength_units=None, ignore_value=None,
                     name="big", metadata={{}})
         spec = FeatureSpec(timesteps=(100, 500, 900), stages=(0, 1, 2), tile=256)
-        n = [0]
-        def sink(tile, c, g):
-            n[0] += c.shape[0] * c.shape[1]
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        run(iter_scene(model, cube, spec, sink, device="cpu", memory_mb=256))
+        job = cache.iter_build(model, cube, spec, {str(tmp_path / "cache")!r}, "cpu", 256)
+        store = run(job)
+        n = [0]
+        for idx, c, g in store.chunks(4096):
+            n[0] += len(c)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         d = sum(model.unet.stage_channels(spec.stages))
         print(json.dumps({{"pixels": n[0], "base": base, "peak": peak,
