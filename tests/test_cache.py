@@ -176,11 +176,12 @@ def test_cap_evicts_least_recently_used(tiny_model, small_cube, root, monkeypatc
     monkeypatch.setenv(cache.MAX_GB_ENV, str(2.5 * size / 1e9))
     second = run(cache.iter_build(tiny_model, small_cube, specs[1], root, device="cpu"))
     assert not old.exists() and first.path.exists()  # the stale format went first
-    os.utime(first.path, (1, 1))  # used long ago
-    del first
-    run(cache.iter_build(tiny_model, small_cube, specs[2], root, device="cpu"))
-    assert [e["path"] for e in cache.entries(root)][0] == str(second.path)
-    assert len(cache.entries(root)) == 2 and second.path.exists()  # in use: kept
+    os.utime(second.path, (1, 1))  # the least recently used, but open here: it stays
+    first_path = first.path
+    del first  # no longer open: it goes
+    third = run(cache.iter_build(tiny_model, small_cube, specs[2], root, device="cpu"))
+    assert [e["path"] for e in cache.entries(root)] == [str(second.path), str(third.path)]
+    assert not first_path.exists()
     assert cache.disk_usage(root) <= cache.max_bytes()
     monkeypatch.setenv(cache.MAX_GB_ENV, str(0.5 * size / 1e9))
     with pytest.raises(OutputError, match="--cache-max-gb"):

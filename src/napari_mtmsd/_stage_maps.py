@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from .model import DiffusionModel
 
 
+_COLS = 32  # output columns whose operator is applied at once: as dense as it gets narrow
+
+
 @dataclasses.dataclass(frozen=True)
 class StageGrid:
     """Where one stage's stored map lies: cell (i, j) covers scene pixels ``factor * i ..`` and
@@ -186,11 +189,16 @@ def form(
     rows: np.ndarray,
     cols: np.ndarray,
     window: int,
+    out: tuple[torch.Tensor, torch.Tensor],
     select: tuple = (),
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> None:
     """Centre and global features of one stage at the pixels ``rows x cols`` (scene positions)
-    -> two (n_rows, n_cols, T, Cs) float32 tensors, from the stored cells they need.
-    ``select`` indexes the timesteps and channels (all by default)."""
+    into ``out``, two (n_rows, n_cols, T, Cs) tensors, from the stored cells they need.
+    ``select`` indexes the timesteps and channels (all by default).
+
+    The rows' operators are applied to all the columns' cells at once (one matrix product),
+    the columns' ones ``_COLS`` output columns at a time, each over the cells it reaches: dense
+    operators, but no wider than a window and a block."""
     import torch
 
     r0, rc, rg = axis_weights(rows, grid.rows, grid.factor, window)
@@ -200,19 +208,26 @@ def form(
     x = stored[i : i + kr, j : j + kc]
     for axis, index in enumerate(select):
         x = x[(slice(None),) * (2 + axis) + (index,)]
-    x = torch.from_numpy(np.array(x, order="C")).float()  # a copy off the map; torch converts
+    x16 = torch.from_numpy(x)
+    x = x16.to(torch.float32, memory_format=torch.contiguous_format)
     nt, cs = x.shape[2:]
     x = x.view(kr, kc * nt * cs)
+    nr = len(rows)
     if grid.factor == 1:  # full resolution: the centre is the stored value
-        centre = _take(_take(x.view(kr, kc, -1), rows - r0, 0), cols - c0, 1)
+        out[0].copy_(_take(_take(x16, rows - r0, 0), cols - c0, 1))
         glob = torch.from_numpy(rg) @ x
+        parts = [(out[1], cg, glob)]
     else:
         both = torch.from_numpy(np.concatenate([rc, rg])) @ x
-        centre = torch.matmul(torch.from_numpy(cc), both[: len(rows)].view(len(rows), kc, -1))
-        glob = both[len(rows) :]
-    glob = torch.matmul(torch.from_numpy(cg), glob.view(len(rows), kc, -1))
-    shape = (len(rows), len(cols), nt, cs)
-    return centre.reshape(shape), glob.reshape(shape)
+        parts = [(out[0], cc, both[:nr]), (out[1], cg, both[nr:])]
+    for dest, weights, reduced in parts:
+        reduced = reduced.view(nr, kc, -1)
+        for s in range(0, len(cols), _COLS):
+            w = weights[s : s + _COLS]
+            reach = np.flatnonzero(w.any(0))
+            a, b = int(reach[0]), int(reach[-1]) + 1
+            block = torch.matmul(torch.from_numpy(w[:, a:b]), reduced[:, a:b])
+            dest[:, s : s + _COLS].copy_(block.view(nr, -1, nt, cs))
 
 
 def _take(x: torch.Tensor, index: np.ndarray, dim: int) -> torch.Tensor:

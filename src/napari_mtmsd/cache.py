@@ -100,7 +100,8 @@ class FeatureStore:
         self.grids = [_stage_maps.StageGrid.from_dict(g) for g in self.meta["grids"]]
         self.window = int(self.meta["window"])
         self._shape = tuple(int(n) for n in self.meta["shape"])
-        self.maps = [np.load(self.path / f"stage{g.stage}.npy", mmap_mode="r") for g in self.grids]
+        # copy-on-write maps: writable for torch to read without a copy; nothing writes them
+        self.maps = [np.load(self.path / f"stage{g.stage}.npy", mmap_mode="c") for g in self.grids]
         T, D = self.shape[2:]
         shapes = [(*g.shape, T, g.channels) for g in self.grids]
         if [m.shape for m in self.maps] != shapes or sum(s[-1] for s in shapes) != D:
@@ -150,9 +151,8 @@ class FeatureStore:
                 timesteps,
                 slice(None) if channels is None else chosen[lo:hi] - self._offsets[k],
             )
-            c, g = _stage_maps.form(stored, grid, rows, cols, self.window, select)
-            out[0][..., lo:hi].copy_(c)
-            out[1][..., lo:hi].copy_(g)
+            dest = out[0][..., lo:hi], out[1][..., lo:hi]
+            _stage_maps.form(stored, grid, rows, cols, self.window, dest, select)
         return centre, glob
 
     def view(self, kind: str = "centre") -> FeatureView:
@@ -165,8 +165,11 @@ class FeatureStore:
         centre = np.empty((r1 - r0, W, *self.shape[2:]), np.float16)
         glob = np.empty_like(centre)
         rows = np.arange(r0, r1)
-        for c0 in range(0, W, _BLOCK):
-            c1 = min(c0 + _BLOCK, W)
+        step = max(
+            _BLOCK, BAND_BYTES // (4 * (r1 - r0 + self.window) * int(np.prod(self.shape[2:])))
+        )
+        for c0 in range(0, W, step):  # the stored cells read at once stay near BAND_BYTES
+            c1 = min(c0 + step, W)
             self.block(rows, np.arange(c0, c1), out=(centre[:, c0:c1], glob[:, c0:c1]))
         return centre, glob
 
