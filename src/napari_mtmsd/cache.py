@@ -18,6 +18,7 @@ entry is written, the least recently used complete entries are removed until it 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -108,7 +109,8 @@ class FeatureStore:
             raise ValueError(f"cache entry {self.path} does not match its meta.json")
         self._offsets = np.cumsum([0, *(g.channels for g in self.grids)])
         _open_stores.add(self)
-        os.utime(self.path)  # when it was last used: the least recently used goes first
+        with contextlib.suppress(OSError):  # a read-only cache is still read
+            os.utime(self.path)  # when it was last used: the least recently used goes first
 
     @property
     def shape(self) -> tuple[int, ...]:
