@@ -40,6 +40,42 @@ def bundles(tiny_model, small_scene, tmp_path_factory):
     return out, run(iter_features(tiny_model, cube, SPEC, "cpu", cache))
 
 
+class _PerTile:
+    """Every pixel's features as the U-Net's tiles give them (``features.extract_pixels``), with
+    the store's reading API: what the tiled path computes without a cache. The cache stores the
+    stage maps stitched across tiles (docs/features.md, "Storage"), whose features differ from
+    these near the seams."""
+
+    def __init__(self, model, cube, spec):
+        from napari_mtmsd.features import extract_pixels
+
+        H, W = cube.data.shape[:2]
+        self.centre, self.glob = extract_pixels(model, cube, np.argwhere(np.ones((H, W), bool)),
+                                                spec, "cpu")  # fmt: skip
+        self.shape = (H, W, *self.centre.shape[1:])
+
+    def pixels(self, coords):
+        flat = coords[:, 0] * self.shape[1] + coords[:, 1]
+        return self.centre[flat], self.glob[flat]
+
+    def chunks(self, size):
+        n = len(self.centre)
+        for s in range(0, n, size):
+            e = min(s + size, n)
+            yield slice(s, e), self.centre[s:e], self.glob[s:e]
+
+
+def _whole(bundle, cube, source):
+    """The whole-scene maps from ``source`` (the few-label scene smoothed at once)."""
+    from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
+
+    if bundle.method == "paper":
+        return predict(bundle, cube, device="cpu", store=source, progress=False)
+    emb = bundle.classifier.embedding
+    vectors = SceneVectors.of_features(bundle.model, cube, source, emb)
+    return FewLabelScene.of(source, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+
+
 def records(job):
     out = []
     result = run(job, out.append)
@@ -47,23 +83,17 @@ def records(job):
 
 
 @pytest.mark.parametrize("method", ["paper", "few-label"])
-def test_tiles_give_the_whole_scene_maps(bundles, small_scene, method):
-    from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
-
+def test_tiles_give_the_whole_scene_maps(bundles, small_scene, tiny_model, method):
     (by_method, store), (cube, gt) = bundles, small_scene
     bundle = by_method[method]
     H, W = gt.data.shape
-    if method == "paper":
-        whole = predict(bundle, cube, device="cpu", store=store, progress=False)
-    else:  # the whole scene smoothed and regularised at once
-        emb = bundle.classifier.embedding
-        vectors = SceneVectors.of_features(bundle.model, cube, store, emb)
-        whole = FewLabelScene.of(store, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+    whole_tiles = _whole(bundle, cube, _PerTile(tiny_model, cube, SPEC))
+    whole = _whole(bundle, cube, store)
     out = (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
     maps, recs = records(iter_predict(bundle, cube, "cpu", out=out))  # from the U-Net, tiled
     assert maps[0] is out[0] and maps[1] is out[1]  # filled in place
-    np.testing.assert_array_equal(maps[0], whole[0])
-    np.testing.assert_allclose(maps[1], whole[1], atol=1e-6)
+    np.testing.assert_array_equal(maps[0], whole_tiles[0])
+    np.testing.assert_allclose(maps[1], whole_tiles[1], atol=1e-6)
     # from the store tile by tile, and (few-label) from the kept scene band by band: the same
     for kwargs in ({"store": store}, {"store": store, "reuse": {}}):
         again = predict(bundle, cube, device="cpu", progress=False, **kwargs)
@@ -83,17 +113,13 @@ def test_a_halo_wider_than_a_tile_reaches_further_tiles(tiny_model, small_scene,
     """Tiles of 16-pixel cores, the few-label halo 20: a tile's maps need tiles two away."""
     import dataclasses
 
-    from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
     from napari_mtmsd.tiled import plan_work
 
     cube, gt = small_scene
     spec = dataclasses.replace(SPEC, tile=40)
     bundle = train(tiny_model, cube, few_labels(np.asarray(gt.data)), spec, device="cpu",
                    cache_dir=tmp_path, method="few-label", progress=False)  # fmt: skip
-    store = run(iter_features(tiny_model, cube, spec, "cpu", tmp_path))
-    emb = bundle.classifier.embedding
-    vectors = SceneVectors.of_features(tiny_model, cube, store, emb)
-    whole = FewLabelScene.of(store, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+    whole = _whole(bundle, cube, _PerTile(tiny_model, cube, spec))
     plan = run(plan_work(bundle, cube, "cpu")).plan
     assert len(plan.tiles) == 6 and max(len(n) for n in plan.needs) == 6  # 3 x 2 tiles
     tiled = predict(bundle, cube, device="cpu", progress=False)
