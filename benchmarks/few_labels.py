@@ -259,11 +259,16 @@ def _intro(results: dict) -> str:
     )
 
 
+SCALE_MARK = "<!-- scale -->"  # benchmarks/scale.py's section follows this one
+
+
 def write_section(md: Path, section: str) -> None:
-    """Replace the page's few-label section (from ``MARK`` on) or append it."""
+    """Replace the page's few-label section (from ``MARK`` to the scale section) or append it."""
     text = md.read_text() if md.exists() else ""
     head = text.split(MARK)[0].rstrip("\n")
-    md.write_text((head + "\n\n" if head else "") + section)
+    tail = text.partition(SCALE_MARK)[1:]
+    body = (head + "\n\n" if head else "") + section
+    md.write_text(body.rstrip("\n") + "\n\n" + "".join(tail) if tail[0] else body)
 
 
 def main() -> None:

@@ -41,7 +41,8 @@ def test_dask_gives_the_single_process_maps(bundles, small_scene, engine, method
     recs: list = []
     spread = run(iter_predict(bundles[method], cube, "cpu", engine=engine), recs.append)
     np.testing.assert_array_equal(spread[0], alone[0])
-    np.testing.assert_array_equal(spread[1], alone[1])
+    # torch's thread count differs between a worker and this process: sums in another order
+    np.testing.assert_allclose(spread[1], alone[1], atol=1e-3)
     assert sorted(r["region"] for r in recs if "region" in r) == [
         ((0, 24), (0, 24)), ((0, 24), (24, 32)), ((24, 40), (0, 24)), ((24, 40), (24, 32)),
     ]  # fmt: skip
