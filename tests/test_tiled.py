@@ -252,3 +252,25 @@ def test_a_stopped_predict_command_leaves_no_file(bundles, small_scene, tmp_path
     args = [str(tmp_path / "scene.npy"), "--classifier", str(tmp_path / "clf"), "-o", str(out)]
     assert main(["predict", *args, "--device", "cpu"]) == 130
     assert len(calls) == 2 and not list(out.iterdir())
+
+
+def test_few_label_training_from_the_labelled_tiles_equals_the_whole_scene(
+    tiny_model, small_scene, bundles
+):
+    """Without ``reuse`` the few-label head is fitted from the tiles holding labels (memory
+    bounded by tiles); with it from the whole smoothed scene: the same training vectors, in the
+    same order, so the same classifier."""
+    from napari_mtmsd.pipeline import iter_train
+
+    (_, store), (cube, gt) = bundles, small_scene
+    labels = few_labels(np.asarray(gt.data), per_class=2, seed=3)
+    labels[:24, :24] = 0  # the top-left tile holds no label: its maps are not formed
+    kw = dict(spec=SPEC, device="cpu", store=store, method="few-label")
+    tiled = run(iter_train(tiny_model, cube, labels, **kw)).classifier.head
+    whole = run(iter_train(tiny_model, cube, labels, reuse={}, **kw)).classifier.head
+    np.testing.assert_array_equal(tiled.y_train, whole.y_train)
+    np.testing.assert_allclose(tiled.x_train, whole.x_train, rtol=1e-4, atol=1e-4)
+    rows = whole.x_train[:50]
+    np.testing.assert_allclose(
+        tiled.predict_proba_rows(rows), whole.predict_proba_rows(rows), atol=1e-3
+    )

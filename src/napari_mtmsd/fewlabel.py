@@ -110,8 +110,12 @@ class SpatialSVM:
         if labels.shape != smoothed.shape[:2]:
             raise InputError(f"labels of shape {labels.shape} for vectors of {smoothed.shape[:2]}")
         mask = labels > 0
-        self.x_train = np.asarray(smoothed[mask], np.float32)
-        self.y_train = labels[mask].astype(np.int64)
+        return self.fit_rows(smoothed[mask], labels[mask])
+
+    def fit_rows(self, x: np.ndarray, y: np.ndarray) -> SpatialSVM:
+        """Fit on smoothed vectors ``(N, n)`` of labelled pixels and their labels ``(N,)``."""
+        self.x_train = np.asarray(x, np.float32)
+        self.y_train = np.asarray(y).astype(np.int64)
         if len(np.unique(self.y_train)) < 2:
             raise InputError(
                 "the few-label classifier needs labelled pixels of at least 2 classes"

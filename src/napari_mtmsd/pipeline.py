@@ -156,9 +156,11 @@ def iter_train(
         classifier_kwargs.setdefault("n_models", warm_start.classifier.n_models)
     if store is None:
         store = yield from iter_features(model, cube, spec, device, cache_dir)
-    if method == "few-label":
+    if method == "few-label" and reuse is not None:  # the scene kept for the next Update
         scene = yield from _few_label_scene(model, cube, store, None, reuse)
         clf: Any = scene.fit(labels)
+    elif method == "few-label":
+        clf = yield from _fit_few_label(model, cube, store, spec, labels, device)
     else:
         centre, glob = store.pixels(coords)
         classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
@@ -373,6 +375,30 @@ def _few_label_scene(
     if reuse is not None:
         reuse["few-label"] = kept
     return kept
+
+
+def _fit_few_label(
+    model: DiffusionModel,
+    cube: Cube,
+    store: Any,
+    spec: FeatureSpec,
+    labels: np.ndarray,
+    device: str,
+) -> Generator[Progress, None, Any]:
+    """The few-label classifier from the tiles holding labels (``tiled.iter_training_rows``):
+    the same classifier as from the whole smoothed scene, in memory bounded by the tiles."""
+    from .embedding import FeatureEmbedding
+    from .fewlabel import FewLabelClassifier, SpatialSVM
+    from .tiled import iter_training_rows
+
+    if len(_store_shape(store)) != 4:
+        raise InputError("the few-label method needs features of the whole scene (dense mode)")
+    embedding = yield from FeatureEmbedding.iter_fit(store)
+    clf = FewLabelClassifier(embedding, SpatialSVM())
+    bundle = ClassifierBundle(model, spec, clf, meta={"method": "few-label"})
+    x, y = yield from iter_training_rows(bundle, cube, store, labels, device)
+    clf.head.fit_rows(x, y)
+    return clf
 
 
 def train(

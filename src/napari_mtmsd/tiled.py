@@ -1,8 +1,9 @@
 """Prediction tile by tile: memory bounded by a tile, not by the scene.
 
-The scene is cut into the dense feature tiles of ``features.plan_tiles``, so every pixel's
-features come from the tile that serves it in the whole-scene cache too and the maps equal the
-cached path's (to float rounding). Predicting a tile is two steps:
+The scene is cut into the dense feature tiles of ``features.plan_tiles``; every pixel's features
+come from the tile that serves it (the cache instead stitches each stage map across tiles, so a
+map predicted from it differs from this one only where a pixel's window crosses a seam:
+docs/scaling.md). Predicting a tile is two steps:
 
 1. its *part*: the tile's features (computed by the U-Net, or read from a feature store) turned
    into what the head needs. The paper's heads classify each pixel on its own, so the part is
@@ -155,12 +156,23 @@ class TileWork:
         if self.bundle.method != "few-label":
             return parts[k]
         from .fewlabel import maps_of
+
+        vectors, valid, guide, core = self.window(k, parts)
+        proba = self.bundle.classifier.head.predict_window(vectors, guide, core)
+        return maps_of(self.bundle.classifier.classes_, proba, valid[core])
+
+    def window(
+        self, k: int, parts: dict[int, tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[slice, slice]]:
+        """Tile ``k`` with its halo in the scene, from the few-label parts of ``plan.needs[k]``:
+        vectors (h, w, n), valid mask, guide (scaled as the whole scene's) and where the tile's
+        core lies in the window."""
         from .spatial import scale_guide
 
         (H, W), tile = self.plan.shape, self.plan.tiles[k]
-        head = self.bundle.classifier.head  # the window: the tile and its halo in the scene
-        r0, r1 = max(0, tile.rows[0] - head.halo), min(H, tile.rows[1] + head.halo)
-        c0, c1 = max(0, tile.cols[0] - head.halo), min(W, tile.cols[1] + head.halo)
+        halo = self.bundle.classifier.head.halo
+        r0, r1 = max(0, tile.rows[0] - halo), min(H, tile.rows[1] + halo)
+        c0, c1 = max(0, tile.cols[0] - halo), min(W, tile.cols[1] + halo)
         vectors = np.empty((r1 - r0, c1 - c0, parts[k][0].shape[-1]), np.float32)
         valid = np.empty((r1 - r0, c1 - c0), bool)
         for j in self.plan.needs[k]:  # their cores cover the window
@@ -177,8 +189,7 @@ class TileWork:
             slice(tile.rows[0] - r0, tile.rows[1] - r0),
             slice(tile.cols[0] - c0, tile.cols[1] - c0),
         )
-        proba = head.predict_window(vectors, guide, core)
-        return maps_of(self.bundle.classifier.classes_, proba, valid[core])
+        return vectors, valid, guide, core
 
     def _valid(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         block = np.asarray(self.cube.data[slice(*rows), slice(*cols)])
@@ -284,3 +295,37 @@ def write_maps(
     (r0, r1), (c0, c1) = plan.region(k)
     out[0][r0:r1, c0:c1], out[1][r0:r1, c0:c1] = maps
     return {"stage": "predict", "step": step, "total": total, "region": ((r0, r1), (c0, c1))}
+
+
+def iter_training_rows(
+    bundle: ClassifierBundle, cube: Cube, store: Any, labels: np.ndarray, device: str = "auto"
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """The few-label head's smoothed vectors at the labelled pixels of ``labels (H, W)`` and
+    their labels, in raster order (what ``SpatialSVM.fit`` takes from a whole smoothed scene),
+    from the tiles that hold labels and their neighbours only: memory bounded by the tiles, as
+    in prediction. ``bundle`` holds the fitted embedding and the unfitted head."""
+    work = yield from plan_work(bundle, cube, device, store=store)
+    plan, head = work.plan, bundle.classifier.head
+    wanted = [
+        k for k, t in enumerate(plan.tiles) if (labels[slice(*t.rows), slice(*t.cols)] > 0).any()
+    ]
+    last_use = {j: i for i, k in enumerate(wanted) for j in plan.needs[k]}
+    total = sum(plan.size(j) for j in last_use)
+    parts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    rows, ys, flats, done = [], [], [], 0
+    for i, k in enumerate(wanted):
+        for j in plan.needs[k]:
+            if j not in parts:
+                parts[j] = yield from work.iter_part(j, (done, done + plan.size(j)), total)
+                done += plan.size(j)
+        vectors, _, guide, core = work.window(k, parts)
+        tile = plan.tiles[k]
+        painted = labels[slice(*tile.rows), slice(*tile.cols)]
+        r, c = np.nonzero(painted > 0)
+        rows.append(head.smooth(vectors, guide)[core][r, c])
+        ys.append(painted[r, c])
+        flats.append((r + tile.rows[0]) * plan.shape[1] + c + tile.cols[0])
+        for j in [j for j in parts if last_use[j] == i]:
+            del parts[j]  # no later tile needs it
+    order = np.argsort(np.concatenate(flats), kind="stable")
+    return np.concatenate(rows)[order], np.concatenate(ys)[order]
