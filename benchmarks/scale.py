@@ -217,6 +217,8 @@ def plot(results: list[dict], path: Path) -> None:
             b.plot(mpx, [r["steps"][name]["peak_anon_mb"] for r in results], "o-", label=name)
     for ax, what in ((a, "seconds"), (b, "peak anonymous memory (MB)")):
         ax.set_xscale("log")
+        ax.set_xticks(mpx, [f"{m:.2g}" for m in mpx])
+        ax.minorticks_off()
         ax.set_xlabel("scene size (megapixels)")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)

@@ -77,6 +77,24 @@ def test_a_stop_cancels_the_pending_tasks(bundles, engine, monkeypatch):
     assert not engine.client.futures  # nothing of the job is kept
 
 
+def very_slow_part(work, k):
+    """``distributed._part``, 1.5 s slower: longer than the bound between records."""
+    time.sleep(1.5)
+    return run(work.open().iter_part(k, (0, 1), 1))
+
+
+def test_records_come_while_the_tasks_compute(bundles, small_scene, engine, monkeypatch):
+    """Tiles of 1.5 s each on the workers: this process still yields a record at least every
+    half second (what napari's Stop and progress bar wait on)."""
+    import napari_mtmsd.distributed as dist
+
+    monkeypatch.setattr(dist, "_part", very_slow_part)
+    stamps: list[float] = []
+    run(iter_predict(bundles["paper"], small_scene[0], "cpu", engine=engine),
+        lambda _: stamps.append(time.perf_counter()))  # fmt: skip
+    assert max(np.diff(stamps)) < 0.5, np.diff(stamps)
+
+
 def test_without_distributed_the_flag_says_how_to_install_it(monkeypatch):
     from napari_mtmsd.distributed import DaskEngine
 

@@ -22,6 +22,7 @@ workers; a stop (Ctrl-C, napari's Stop) cancels every pending task.
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Callable, Generator
 from typing import Any
@@ -33,6 +34,7 @@ from .errors import InputError
 from .tiled import TileWork, write_maps
 
 INSTALL = "pip install 'napari-mtmsd[distributed]'"
+HEARTBEAT = 0.25  # seconds between records while every running task is still computing
 
 
 def _distributed() -> Any:
@@ -122,7 +124,8 @@ class DaskEngine:
                         queue.add(fut)
                     for i in [i for i in parts if max_need(i) < submitted]:
                         del parts[i]  # the scheduler keeps it while a submitted task needs it
-                fut = next(queue)
+                record = {"stage": "predict", "step": written, "total": total}
+                fut = yield from _iter_next(queue, record)
                 k = pending.pop(fut.key)[1]
                 maps = fut.result()
                 finished, written = finished + 1, written + plan.size(k)
@@ -165,7 +168,8 @@ class DaskEngine:
                     fut = self._submit(_features, shipped, submitted, key=f"f-{token}-{submitted}")
                     pending[fut.key], submitted = (fut, submitted), submitted + 1
                     queue.add(fut)
-                fut = next(queue)
+                record = {"stage": "features", "step": done, "total": H * W}
+                fut = yield from _iter_next(queue, record)
                 tile = tiles[pending.pop(fut.key)[1]]
                 sink(tile, *fut.result())
                 done += (tile.rows[1] - tile.rows[0]) * (tile.cols[1] - tile.cols[0])
@@ -236,6 +240,16 @@ class SceneTiles:
         return run(
             iter_tile_features(self._runner, self.model, self.cube, self.tiles[k], (0, 1), 1)
         )
+
+
+def _iter_next(queue: Any, record: Progress) -> Generator[Progress, None, Any]:
+    """The next finished future of ``queue`` (``as_completed``), with ``record`` repeated every
+    ``HEARTBEAT`` seconds until one is: a tile's task runs for seconds on a worker, and the
+    caller's Stop and progress display need a record at least once a second."""
+    while not queue.has_ready():
+        yield record
+        time.sleep(HEARTBEAT)
+    return next(queue)
 
 
 def shippable(work: Any) -> Any:
