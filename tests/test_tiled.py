@@ -83,7 +83,10 @@ def records(job):
 
 
 @pytest.mark.parametrize("method", ["paper", "few-label"])
-def test_tiles_give_the_whole_scene_maps(bundles, small_scene, tiny_model, method):
+def test_tiles_give_the_whole_scene_maps(bundles, small_scene, tiny_model, method, monkeypatch):
+    from napari_mtmsd import pipeline
+
+    monkeypatch.setattr(pipeline, "WHOLE_SCENE_MB", 0)  # the few-label head too, tile by tile
     (by_method, store), (cube, gt) = bundles, small_scene
     bundle = by_method[method]
     H, W = gt.data.shape
@@ -255,19 +258,21 @@ def test_a_stopped_predict_command_leaves_no_file(bundles, small_scene, tmp_path
 
 
 def test_few_label_training_from_the_labelled_tiles_equals_the_whole_scene(
-    tiny_model, small_scene, bundles
+    tiny_model, small_scene, bundles, monkeypatch
 ):
-    """Without ``reuse`` the few-label head is fitted from the tiles holding labels (memory
-    bounded by tiles); with it from the whole smoothed scene: the same training vectors, in the
-    same order, so the same classifier."""
-    from napari_mtmsd.pipeline import iter_train
+    """Above ``WHOLE_SCENE_MB`` the few-label head is fitted from the tiles holding labels
+    (memory bounded by tiles); below, from the whole smoothed scene: the same training vectors,
+    in the same order, so the same classifier."""
+    from napari_mtmsd import pipeline
 
     (_, store), (cube, gt) = bundles, small_scene
     labels = few_labels(np.asarray(gt.data), per_class=2, seed=3)
     labels[:24, :24] = 0  # the top-left tile holds no label: its maps are not formed
     kw = dict(spec=SPEC, device="cpu", store=store, method="few-label")
-    tiled = run(iter_train(tiny_model, cube, labels, **kw)).classifier.head
-    whole = run(iter_train(tiny_model, cube, labels, reuse={}, **kw)).classifier.head
+    whole = run(pipeline.iter_train(tiny_model, cube, labels, **kw)).classifier.head
+    monkeypatch.setattr(pipeline, "WHOLE_SCENE_MB", 0)
+    monkeypatch.setattr(pipeline, "_few_label_scene", None)  # fails if the whole scene is made
+    tiled = run(pipeline.iter_train(tiny_model, cube, labels, **kw)).classifier.head
     np.testing.assert_array_equal(tiled.y_train, whole.y_train)
     np.testing.assert_allclose(tiled.x_train, whole.x_train, rtol=1e-4, atol=1e-4)
     rows = whole.x_train[:50]

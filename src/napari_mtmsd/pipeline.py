@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     from .io import Cube
     from .model import DiffusionModel
 
+#: Above this, the few-label head is fitted and predicts tile by tile (``tiled``), in memory
+#: bounded by the tiles; below, on the whole scene at once.
+WHOLE_SCENE_MB = 512
 PREDICT_CHUNK = 2048  # pixels classified at once: a record (and a chance to stop) every ~0.5 s
 #: The largest purified scene ``iter_predict`` keeps for ``reuse`` (MB). Indian Pines (21,025
 #: pixels, 19 timesteps, k = 192, bf16) takes 307 MB.
@@ -156,8 +159,8 @@ def iter_train(
         classifier_kwargs.setdefault("n_models", warm_start.classifier.n_models)
     if store is None:
         store = yield from iter_features(model, cube, spec, device, cache_dir)
-    if method == "few-label" and reuse is not None:  # the scene kept for the next Update
-        scene = yield from _few_label_scene(model, cube, store, None, reuse)
+    if method == "few-label" and (reuse is not None or _few_label_whole(model, store)):
+        scene = yield from _few_label_scene(model, cube, store, None, reuse)  # kept in reuse
         clf: Any = scene.fit(labels)
     elif method == "few-label":
         clf = yield from _fit_few_label(model, cube, store, spec, labels, device)
@@ -231,6 +234,8 @@ def iter_predict(
         from .cache import lookup
 
         store = lookup(bundle.model, cube, bundle.spec, cache_dir, device)
+    if bundle.method == "few-label" and reuse is None and store is not None and engine is None:
+        reuse = {} if _few_label_whole(bundle.model, store) else None  # small: whole scene
     if store is None or engine is not None or (bundle.method == "few-label" and reuse is None):
         from .tiled import iter_tiles, plan_work
 
@@ -246,6 +251,14 @@ def iter_predict(
         )
         return (yield from _iter_bands(scene, bundle.classifier, cube.valid_mask(), out))
     return (yield from _iter_store(bundle.classifier, cube, store, reuse, out))
+
+
+def _few_label_whole(model: DiffusionModel, store: Any) -> bool:
+    """Whether the few-label head works on the whole scene at once (fastest: one pass of each
+    filter) rather than tile by tile: its vectors and the filters' temporaries, about
+    ``40 (C + 32)`` bytes a pixel, fit ``WHOLE_SCENE_MB``."""
+    H, W = _store_shape(store)[:2]
+    return H * W * 40 * (model.n_components + 32) <= WHOLE_SCENE_MB * 2**20
 
 
 def _store_shape(store: Any) -> tuple[int, ...]:
