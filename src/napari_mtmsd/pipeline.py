@@ -127,7 +127,8 @@ def iter_train(
 
     ``method`` (``fewlabel.resolve_method``): the paper's heads, or the few-label head on the
     scene embedding (``reuse`` then keeps the embedded scene for the next training and
-    prediction on ``store``). With ``warm_start`` (a bundle for which
+    prediction on ``store``, when it fits ``WHOLE_SCENE_MB``; a larger scene is worked on tile
+    by tile and nothing is kept). With ``warm_start`` (a bundle for which
     :func:`warm_start_mismatch` finds nothing) the paper's heads continue from it instead of
     starting afresh: the interactive "Update".
     """
@@ -159,7 +160,7 @@ def iter_train(
         classifier_kwargs.setdefault("n_models", warm_start.classifier.n_models)
     if store is None:
         store = yield from iter_features(model, cube, spec, device, cache_dir)
-    if method == "few-label" and (reuse is not None or _few_label_whole(model, store)):
+    if method == "few-label" and _few_label_whole(model, store):
         scene = yield from _few_label_scene(model, cube, store, None, reuse)  # kept in reuse
         clf: Any = scene.fit(labels)
     elif method == "few-label":
@@ -223,7 +224,8 @@ def iter_predict(
     ``reuse`` is a dict the caller keeps between predictions from one ``store``: the purified
     features of the whole scene are kept in it (up to ``REUSE_MAX_MB``) and predicted from again
     by the next classifier with the same purification, i.e. by each Update that continues a
-    training, which then reads and converts nothing; the few-label head keeps its smoothed scene.
+    training, which then reads and converts nothing; the few-label head keeps its smoothed scene
+    when it fits ``WHOLE_SCENE_MB`` (a larger one is predicted tile by tile, nothing kept).
     """
     bundle.model.check_bands(cube)
     H, W = (int(s) for s in cube.data.shape[:2])
@@ -234,8 +236,10 @@ def iter_predict(
         from .cache import lookup
 
         store = lookup(bundle.model, cube, bundle.spec, cache_dir, device)
-    if bundle.method == "few-label" and reuse is None and store is not None and engine is None:
-        reuse = {} if _few_label_whole(bundle.model, store) else None  # small: whole scene
+    if bundle.method == "few-label" and store is not None and engine is None:
+        # whole scene (kept in ``reuse``) when it fits WHOLE_SCENE_MB, else tile by tile
+        whole = _few_label_whole(bundle.model, store)
+        reuse = ({} if reuse is None else reuse) if whole else None
     if store is None or engine is not None or (bundle.method == "few-label" and reuse is None):
         from .tiled import iter_tiles, plan_work
 
