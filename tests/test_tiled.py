@@ -320,3 +320,28 @@ def test_stored_features_are_read_a_band_at_a_time(bundles, small_scene, monkeyp
     pipeline.predict(by_method["few-label"], cube, "cpu", store=store, progress=False,
                      callback=lambda _: stamps.append(time.perf_counter()))  # fmt: skip
     assert max(np.diff(stamps)) < 1.0, np.diff(stamps)
+
+
+def test_an_update_forms_only_the_new_labels_features(
+    tiny_model, small_scene, bundles, monkeypatch
+):
+    """The paper's heads, trained twice with one ``reuse``: the second training forms the
+    features of the pixels labelled since (a stored pixel's vectors are formed from its whole
+    window), and gets the same features for the others."""
+    from napari_mtmsd.pipeline import iter_train, labelled_pixels
+
+    (_, store), (cube, gt) = bundles, small_scene
+    first = few_labels(np.asarray(gt.data), per_class=2, seed=1)
+    more = np.where(first > 0, first, few_labels(np.asarray(gt.data), per_class=2, seed=2))
+    read: list[int] = []
+    pixels = store.pixels
+    monkeypatch.setattr(store, "pixels", lambda c: (read.append(len(c)), pixels(c))[1])
+    reuse: dict = {}
+    kw = dict(spec=SPEC, device="cpu", store=store, method="paper", reuse=reuse, **FAST)
+    run(iter_train(tiny_model, cube, first, **kw))
+    run(iter_train(tiny_model, cube, more, **kw))
+    n_first, n_more = len(labelled_pixels(first)[1]), len(labelled_pixels(more)[1])
+    assert read == [n_first, n_more - n_first]
+    coords = labelled_pixels(more)[0]
+    kept = np.stack([reuse["pixels"][1][tuple(rc)][0] for rc in coords.tolist()])
+    np.testing.assert_array_equal(kept, pixels(coords)[0])

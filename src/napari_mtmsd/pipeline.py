@@ -164,9 +164,13 @@ def iter_train(
         scene = yield from _few_label_scene(model, cube, store, None, reuse)  # kept in reuse
         clf: Any = scene.fit(labels)
     elif method == "few-label":
-        clf = yield from _fit_few_label(model, cube, store, spec, labels, device)
+        from .tiled import iter_fit_few_label
+
+        if len(_store_shape(store)) != 4:
+            raise InputError("the few-label method needs features of the whole scene (dense mode)")
+        clf = yield from iter_fit_few_label(model, cube, store, spec, labels, device)
     else:
-        centre, glob = store.pixels(coords)
+        centre, glob = _labelled_features(store, coords, reuse)
         classifier_kwargs.setdefault("device", "cpu" if device == "auto" else device)
         classifier_kwargs.setdefault("k", default_k(centre.shape[-1]))
         clf = MTMSDClassifier(seed=seed, **classifier_kwargs)
@@ -394,28 +398,23 @@ def _few_label_scene(
     return kept
 
 
-def _fit_few_label(
-    model: DiffusionModel,
-    cube: Cube,
-    store: Any,
-    spec: FeatureSpec,
-    labels: np.ndarray,
-    device: str,
-) -> Generator[Progress, None, Any]:
-    """The few-label classifier from the tiles holding labels (``tiled.iter_training_rows``):
-    the same classifier as from the whole smoothed scene, in memory bounded by the tiles."""
-    from .embedding import FeatureEmbedding
-    from .fewlabel import FewLabelClassifier, SpatialSVM
-    from .tiled import iter_training_rows
-
-    if len(_store_shape(store)) != 4:
-        raise InputError("the few-label method needs features of the whole scene (dense mode)")
-    embedding = yield from FeatureEmbedding.iter_fit(store)
-    clf = FewLabelClassifier(embedding, SpatialSVM())
-    bundle = ClassifierBundle(model, spec, clf, meta={"method": "few-label"})
-    x, y = yield from iter_training_rows(bundle, cube, store, labels, device)
-    clf.head.fit_rows(x, y)
-    return clf
+def _labelled_features(
+    store: FeatureSource, coords: np.ndarray, reuse: dict | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stored features of the pixels ``coords``. With ``reuse``, those read by an earlier
+    training on the same store are kept there and not formed again: a scattered pixel's vectors
+    are formed from its whole window, ~1 ms each (an Update adds a few labels to many)."""
+    if reuse is None:
+        return store.pixels(coords)
+    kept = reuse.get("pixels")
+    if kept is None or kept[0] is not store:
+        kept = reuse["pixels"] = (store, {})
+    known, keys = kept[1], [tuple(rc) for rc in coords.tolist()]
+    new = np.array([k for k in dict.fromkeys(keys) if k not in known], np.int64).reshape(-1, 2)
+    if len(new):
+        for k, c, g in zip(map(tuple, new.tolist()), *store.pixels(new), strict=True):
+            known[k] = (c, g)
+    return np.stack([known[k][0] for k in keys]), np.stack([known[k][1] for k in keys])
 
 
 def train(

@@ -347,3 +347,21 @@ def iter_training_rows(
             del parts[j]  # no later tile needs it
     order = np.argsort(np.concatenate(flats), kind="stable")
     return np.concatenate(rows)[order], np.concatenate(ys)[order]
+
+
+def iter_fit_few_label(
+    model: Any, cube: Cube, store: Any, spec: Any, labels: np.ndarray, device: str = "auto"
+) -> Generator[Progress, None, Any]:
+    """The few-label classifier of ``labels`` from the tiles holding them
+    (:func:`iter_training_rows`): the classifier the whole smoothed scene gives, in memory
+    bounded by the tiles."""
+    from .bundle import ClassifierBundle
+    from .embedding import FeatureEmbedding
+    from .fewlabel import FewLabelClassifier, SpatialSVM
+
+    embedding = yield from FeatureEmbedding.iter_fit(store)
+    clf = FewLabelClassifier(embedding, SpatialSVM())
+    bundle = ClassifierBundle(model, spec, clf, meta={"method": "few-label"})
+    x, y = yield from iter_training_rows(bundle, cube, store, labels, device)
+    clf.head.fit_rows(x, y)
+    return clf
