@@ -235,7 +235,7 @@ def write_docs(data: dict) -> None:
     """Replace the "Scale" section of docs/benchmarks.md (from its marker to the next ``## ``)."""
     doc = ROOT / "docs" / "benchmarks.md"
     text = doc.read_text()
-    sizes = " ".join(f"{r['megapixels']:.2g}" for r in data["results"])
+    sizes = " ".join(f"{m:g}" for m in data["sizes"])
     section = (
         f"{MARK}\n## Scale: cost against scene size\n\n"
         "Synthetic int16 scenes of 64 bands (fields of ten materials), `tiny` preset "
@@ -295,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(folder, ignore_errors=True)
         data = {
             "machine": f"{os.cpu_count()} CPU cores",
+            "sizes": a.sizes,
             "pretrain_steps": a.pretrain_steps,
             "spec": {"timesteps": a.timesteps, "noise_draws": a.noise_draws},
             "method": a.method,
