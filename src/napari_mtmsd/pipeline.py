@@ -150,7 +150,7 @@ def iter_train(
             f"training needs labelled pixels of at least 2 classes; found {len(y)} pixels of "
             f"{len(np.unique(y))} class(es)"
         )
-    if method == "auto" and store is not None and len(_store_shape(store)) != 4:
+    if method == "auto" and store is not None and len(store.shape) != 4:
         method = "paper"  # features of the labelled pixels only (patch mode): no scene to smooth
     method = resolve_method(method, labels)
     if warm_start is not None and method == "paper":
@@ -166,7 +166,7 @@ def iter_train(
     elif method == "few-label":
         from .tiled import iter_fit_few_label
 
-        if len(_store_shape(store)) != 4:
+        if len(store.shape) != 4:
             raise InputError("the few-label method needs features of the whole scene (dense mode)")
         clf = yield from iter_fit_few_label(model, cube, store, spec, labels, device)
     else:
@@ -247,7 +247,7 @@ def iter_predict(
     if store is None or engine is not None or (bundle.method == "few-label" and reuse is None):
         from .tiled import iter_tiles, plan_work
 
-        if store is not None and len(_store_shape(store)) != 4:
+        if store is not None and len(store.shape) != 4:
             raise InputError("a tiled prediction needs features of the whole scene (dense mode)")
         work = yield from plan_work(bundle, cube, device, store=store)
         if engine is None:
@@ -265,14 +265,8 @@ def _few_label_whole(model: DiffusionModel, store: Any) -> bool:
     """Whether the few-label head works on the whole scene at once (fastest: one pass of each
     filter) rather than tile by tile: its vectors and the filters' temporaries, about
     ``40 (C + 32)`` bytes a pixel, fit ``WHOLE_SCENE_MB``."""
-    H, W = _store_shape(store)[:2]
+    H, W = store.shape[:2]
     return H * W * 40 * (model.n_components + 32) <= WHOLE_SCENE_MB * 2**20
-
-
-def _store_shape(store: Any) -> tuple[int, ...]:
-    """(H, W, T, D) of a whole-scene store, (N, T, D) of ``PixelFeatures``."""
-    shape = getattr(store, "shape", None)  # a FeatureStore without .shape: its arrays' shape
-    return tuple(store.centre.shape if shape is None else shape)
 
 
 def _iter_store(
@@ -287,7 +281,7 @@ def _iter_store(
     W = out[0].shape[1]
     class_map, confidence = out[0].reshape(-1), out[1].reshape(-1)  # views of C-order arrays
     valid = np.asarray(cube.valid_mask()).reshape(-1)
-    n = int(np.prod(_store_shape(store)[:-2]))  # pixels with features: (H, W) or (N,)
+    n = int(np.prod(store.shape[:-2]))  # pixels with features: (H, W) or (N,)
     size = max(1, PREDICT_CHUNK // W) * W  # whole rows: each run is a region of the map
     scene, new = None if reuse is None else reuse.get("purified"), None
     if scene is not None and scene.fits(clf, store):
@@ -383,7 +377,7 @@ def _few_label_scene(
     from .embedding import FeatureEmbedding
     from .fewlabel import FewLabelScene, SceneVectors
 
-    if len(_store_shape(store)) != 4:
+    if len(store.shape) != 4:
         raise InputError("the few-label method needs features of the whole scene (dense mode)")
     kept = None if reuse is None else reuse.get("few-label")
     if kept is not None and kept.fits(store, embedding):
