@@ -71,12 +71,46 @@ def test_spatial_svm_round_trips_through_arrays(scene):
     cube, gt = scene
     spectral = SceneVectors.of_spectra(cube)
     labels = np.where(make_split(gt, "per-class:5", seed=1)[0], gt, 0)
-    head = SpatialSVM(c=5.0)
+    head = SpatialSVM(c=5.0, n_spectral=10, gamma=1e-2)
     smoothed = head.smooth(spectral.vectors, spectral.guide)
-    proba = head.fit(smoothed, labels).predict_proba(smoothed, spectral.guide)
+    head.fit(smoothed, labels, scene="abc123")
+    seeds = head.seed_image((0, 0), gt.shape, "abc123")
+    proba = head.predict_proba(smoothed, spectral.guide, seeds)
     back = SpatialSVM.from_arrays(head.to_arrays())
-    assert (back.c, back.feature_radius, back.map_radius, back.eps) == (5.0, 4, 6, 1e-2)
-    np.testing.assert_allclose(back.predict_proba(smoothed, spectral.guide), proba, atol=1e-6)
+    assert (back.c, back.feature_radius, back.eps, back.n_spectral, back.spectral_weight,
+            back.edge, back.gamma, back.scene) == (5.0, 4, 1e-2, 10, 0.5, 1e-3, 1e-2, "abc123")  # fmt: skip
+    np.testing.assert_array_equal(back.seeds, np.argwhere(labels > 0))
+    np.testing.assert_array_equal(back.seed_image((0, 0), gt.shape, "abc123"), seeds)
+    np.testing.assert_allclose(
+        back.predict_proba(smoothed, spectral.guide, seeds), proba, atol=1e-6
+    )
+
+
+def test_painted_pixels_are_held_only_on_their_scene(scene):
+    cube, gt = scene
+    spectral = SceneVectors.of_spectra(cube)
+    labels = np.where(make_split(gt, "per-class:2", seed=0)[0], gt, 0)
+    head = SpatialSVM()
+    head.fit(head.smooth(spectral.vectors, spectral.guide), labels, scene="digest-a")
+    seeds = head.seed_image((10, 5), (20, 30), "digest-a")
+    r, c = np.nonzero(labels[10:30, 5:35])
+    assert (seeds >= 0).sum() == len(r)
+    np.testing.assert_array_equal(head.classes_[seeds[r, c]], labels[10:30, 5:35][r, c])
+    assert head.seed_image((0, 0), gt.shape, "digest-b") is None  # another scene: nothing held
+    assert SpatialSVM().fit_rows(np.eye(2), [1, 2]).seed_image((0, 0), (4, 4)) is None
+
+
+def test_the_spectral_view_is_averaged_in(scene):
+    """With ``n_spectral`` the head averages a second SVM on the first components at half
+    weight: its probabilities are the weighted mean of the two SVMs' own."""
+    cube, gt = scene
+    vectors = SceneVectors.of_spectra(cube).vectors
+    labels = np.where(make_split(gt, "per-class:3", seed=2)[0], gt, 0)
+    rows = vectors.reshape(-1, vectors.shape[-1])
+    both = SpatialSVM(n_spectral=5).fit(vectors, labels).predict_proba_rows(rows)
+    whole = SpatialSVM().fit(vectors, labels).predict_proba_rows(rows)
+    first = SpatialSVM().fit(vectors[..., :5], labels).predict_proba_rows(rows[:, :5])
+    np.testing.assert_allclose(both, (whole + 0.5 * first) / 1.5, atol=1e-6)
 
 
 def test_spatial_svm_refuses_one_class_and_unfitted_use(scene):

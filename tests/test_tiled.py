@@ -66,14 +66,16 @@ class _PerTile:
 
 
 def _whole(bundle, cube, source):
-    """The whole-scene maps from ``source`` (the few-label scene smoothed at once)."""
+    """The whole-scene maps from ``source`` (the few-label scene smoothed at once, the painted
+    pixels held as on the cube they were painted on)."""
     from napari_mtmsd.fewlabel import FewLabelScene, SceneVectors
 
     if bundle.method == "paper":
         return predict(bundle, cube, device="cpu", store=source, progress=False)
     emb = bundle.classifier.embedding
     vectors = SceneVectors.of_features(bundle.model, cube, source, emb)
-    return FewLabelScene.of(source, emb, vectors).predict(bundle.classifier, cube.valid_mask())
+    scene = FewLabelScene.of(source, emb, vectors, cube.sha256())
+    return scene.predict(bundle.classifier, cube.valid_mask())
 
 
 def records(job):
@@ -181,13 +183,16 @@ def test_memory_stays_flat_as_the_scene_grows(bundles, tmp_path, method, monkeyp
     of a tile's core: features (the whole-scene store would be 1.7 MB at 4x, 7 MB at 16x),
     vectors and maps are held a tile at a time, so the peak hardly moves. The passes over the
     whole cube (valid pixels, the guide's scaling) read row chunks of at most 64 MB: 64 kB
-    here, to the scale of these scenes."""
+    here, to the scale of these scenes; the random walker's reach is cut to that scale too
+    (at 40 pixels a window would hold most of these scenes)."""
+    import napari_mtmsd.fewlabel
     import napari_mtmsd.io._types
     import napari_mtmsd.tiled
     from napari_mtmsd.io import scratch_maps
 
     monkeypatch.setattr(napari_mtmsd.io._types, "CHUNK_BYTES", 1 << 16)
     monkeypatch.setattr(napari_mtmsd.tiled, "_ROW_BYTES", 1 << 16)
+    monkeypatch.setattr(napari_mtmsd.fewlabel, "RW_REACH", 6)
     bundle = bundles[0][method]
     peaks = []
     for size in (48, 96, 192):

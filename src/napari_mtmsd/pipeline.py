@@ -257,7 +257,7 @@ def iter_predict(
         scene = yield from _few_label_scene(
             bundle.model, cube, store, bundle.classifier.embedding, reuse
         )
-        return (yield from _iter_bands(scene, bundle.classifier, cube.valid_mask(), out))
+        return (yield from scene.iter_predict(bundle.classifier, cube.valid_mask(), out))
     return (yield from _iter_store(bundle.classifier, cube, store, reuse, out))
 
 
@@ -302,19 +302,6 @@ def _iter_store(
         yield {"stage": "predict", "step": done, "total": n, "region": (rows, (0, W))}
     if new is not None:
         reuse["purified"] = new  # complete: a stopped prediction leaves nothing half made
-    return out
-
-
-def _iter_bands(
-    scene: Any, clf: Any, valid: np.ndarray, out: tuple[np.ndarray, np.ndarray]
-) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
-    """The few-label head over a kept scene (``fewlabel.FewLabelScene``), band by band."""
-    H, W = out[0].shape
-    rows = max(16, 16 * PREDICT_CHUNK // W)
-    for r0 in range(0, H, rows):
-        r1 = min(r0 + rows, H)
-        out[0][r0:r1], out[1][r0:r1] = scene.predict_rows(clf, valid, (r0, r1))
-        yield {"stage": "predict", "step": r1 * W, "total": H * W, "region": ((r0, r1), (0, W))}
     return out
 
 
@@ -386,7 +373,7 @@ def _few_label_scene(
         embedding = yield from FeatureEmbedding.iter_fit(store)
     embedded = yield from embedding.iter_transform(store)
     vectors = SceneVectors.of_parts(model.prepare(cube), embedded, cube.valid_mask())
-    kept = FewLabelScene.of(store, embedding, vectors)
+    kept = FewLabelScene.of(store, embedding, vectors, (yield from cube.iter_sha256()))
     if reuse is not None:
         reuse["few-label"] = kept
     return kept

@@ -11,7 +11,7 @@ docs/scaling.md). Predicting a tile is two steps:
    edges, so its part is the tile's vectors (the model's input beside the embedded features,
    ``4 (C + n)`` bytes a pixel) and valid mask;
 2. its *maps*: from the parts of every tile within ``SpatialSVM.halo`` pixels of it (the
-   guided filters' reach), the class map and confidence of the tile. The guide's scaling, a
+   guided filter's and the random walker's reach), the class map and confidence of the tile. The guide's scaling, a
    statistic of the whole scene, is computed once beforehand (``scene_statistics``).
 
 Parts no pending tile needs are dropped, so about one row of tiles is held. ``iter_tiles`` runs
@@ -91,6 +91,7 @@ class TileWork:
     memory_mb: float = 2048
     source: tuple[str, str | None] | None = None
     store_path: str | None = None
+    scene: str = ""  # the cube's sha256 when the few-label head holds painted pixels of a scene
     cube: Any = dataclasses.field(default=None, repr=False)
     store: Any = dataclasses.field(default=None, repr=False)
     _runner: Any = dataclasses.field(default=None, repr=False)
@@ -156,8 +157,11 @@ class TileWork:
             return parts[k]
         from .fewlabel import maps_of
 
+        head, tile = self.bundle.classifier.head, self.plan.tiles[k]
         vectors, valid, guide, core = self.window(k, parts)
-        proba = self.bundle.classifier.head.predict_window(vectors, guide, core)
+        origin = (tile.rows[0] - core[0].start, tile.cols[0] - core[1].start)
+        seeds = head.seed_image(origin, valid.shape, self.scene)
+        proba = head.predict_window(vectors, guide, core, seeds, valid)
         return maps_of(self.bundle.classifier.classes_, proba, valid[core])
 
     def window(
@@ -252,8 +256,10 @@ def plan_work(
     yield {"stage": "predict", "step": 0, "total": H * W}
     good = cube.good_bands()  # one pass over the cube, row chunk by row chunk
     bounds = (yield from scene_statistics(bundle.model, cube, good)) if few else None
-    return TileWork(bundle, plan, good, bounds, device, memory_mb, cube=cube, store=store,
-                    _runner=None if store is not None else runner)  # fmt: skip
+    held = few and bundle.classifier.head.seeds is not None
+    scene = (yield from cube.iter_sha256()) if held else ""
+    return TileWork(bundle, plan, good, bounds, device, memory_mb, scene=scene, cube=cube,
+                    store=store, _runner=None if store is not None else runner)  # fmt: skip
 
 
 def scene_statistics(model: Any, cube: Cube, good: np.ndarray) -> Generator[Progress, None, Any]:
@@ -360,8 +366,8 @@ def iter_fit_few_label(
     from .fewlabel import FewLabelClassifier, SpatialSVM
 
     embedding = yield from FeatureEmbedding.iter_fit(store)
-    clf = FewLabelClassifier(embedding, SpatialSVM())
+    clf = FewLabelClassifier(embedding, SpatialSVM(n_spectral=model.n_components))
     bundle = ClassifierBundle(model, spec, clf, meta={"method": "few-label"})
     x, y = yield from iter_training_rows(bundle, cube, store, labels, device)
-    clf.head.fit_rows(x, y)
+    clf.head.fit_rows(x, y, np.argwhere(labels > 0), (yield from cube.iter_sha256()))
     return clf
