@@ -43,6 +43,27 @@ def test_quick_map_from_few_labels_beats_the_unsmoothed_svm(scene):
     np.testing.assert_array_equal(proba, again)  # deterministic
 
 
+def test_a_map_holds_its_painted_pixels(scene):
+    """``classify`` (the quick map, and the recipe of every few-label map) gives every painted
+    pixel its painted class, even one painted against its field, which the guided filter's
+    map regularisation smooths away; deterministic."""
+    from napari_mtmsd.spatial import regularise
+
+    cube, gt = scene
+    train = make_split(gt, "per-class:2", seed=3)[0]
+    labels = np.where(train, gt, 0)
+    r, c = np.argwhere(train & (gt == 1))[0]
+    labels[r, c] = 2  # a user's call against the spectra of the field
+    spectral = SceneVectors.of_spectra(cube)
+    head, proba = classify(spectral, labels)
+    np.testing.assert_array_equal(head.classes_[proba.argmax(-1)][train], labels[train])
+    smoothed = head.smooth(spectral.vectors, spectral.guide)
+    raw = head.predict_proba_rows(smoothed.reshape(-1, smoothed.shape[-1]))
+    guided = regularise(raw.reshape(*gt.shape, -1), spectral.guide)
+    assert head.classes_[guided[r, c].argmax()] == 1
+    np.testing.assert_array_equal(classify(spectral, labels)[1], proba)
+
+
 def test_quick_map_ignores_invalid_pixels(scene):
     """NaN pixels (a no-data hole) get class 0 and do not spread into their neighbours."""
     from napari_mtmsd.fewlabel import maps_of

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._progress import Progress
+from ._progress import Progress, run
 from .errors import InputError, ModelFileError
 from .spatial import RW_REACH, guided_filter, random_walker, scale_guide
 
@@ -396,11 +396,8 @@ class FewLabelScene:
     def predict(self, clf: FewLabelClassifier, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class map ``(H, W)`` int32 (0 where not ``valid``) and confidence ``(H, W)`` float32
         (the regularised probability of the class)."""
-        H, W = valid.shape
-        out = (np.zeros((H, W), np.int32), np.zeros((H, W), np.float32))
-        for _ in self.iter_predict(clf, valid, out):
-            pass
-        return out
+        out = (np.zeros(valid.shape, np.int32), np.zeros(valid.shape, np.float32))
+        return run(self.iter_predict(clf, valid, out))
 
     def iter_predict(
         self, clf: FewLabelClassifier, valid: np.ndarray, out: tuple[np.ndarray, np.ndarray]
@@ -429,7 +426,9 @@ class FewLabelScene:
                 proba = random_walker(
                     raw[win], guide[win], seeds, valid[win], head.edge, head.gamma
                 )
-                at = tuple(slice(s.start - o, s.stop - o) for s, o in zip(core, origin, strict=True))
+                at = tuple(
+                    slice(s.start - o, s.stop - o) for s, o in zip(core, origin, strict=True)
+                )
                 out[0][core], out[1][core] = maps_of(clf.classes_, proba[at], valid[core])
                 done += (core[0].stop - b0) * (core[1].stop - c0)
                 region = ((b0, core[0].stop), (c0, core[1].stop))

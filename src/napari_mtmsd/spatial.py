@@ -29,8 +29,7 @@ from .errors import InputError
 #: Pixels sampled to fit the guide's principal component (the direction, not the values).
 _GUIDE_SAMPLE = 50_000
 #: Pixels of context beyond a window's core for :func:`random_walker` on the window to give the
-#: core the whole scene's map (on Indian Pines, 48-pixel cores: the same class everywhere from
-#: 32 pixels on, probabilities within 0.002 at 48: docs/benchmarks.md, "Few labels").
+#: core the whole scene's map: the same classes, probabilities within a hundredth (docs/scaling.md).
 RW_REACH = 40
 
 
