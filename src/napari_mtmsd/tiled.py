@@ -11,8 +11,9 @@ docs/scaling.md). Predicting a tile is two steps:
    edges, so its part is the tile's vectors (the model's input beside the embedded features,
    ``4 (C + n)`` bytes a pixel) and valid mask;
 2. its *maps*: from the parts of every tile within ``SpatialSVM.halo`` pixels of it (the
-   guided filter's and the random walker's reach), the class map and confidence of the tile. The guide's scaling, a
-   statistic of the whole scene, is computed once beforehand (``scene_statistics``).
+   guided filter's and the random walker's reach), the class map and confidence of the tile.
+   The guide's scaling, a statistic of the whole scene, is computed once beforehand
+   (``scene_statistics``).
 
 Parts no pending tile needs are dropped, so about one row of tiles is held. ``iter_tiles`` runs
 the steps in this process; ``distributed`` runs the same ``TileWork`` as dask tasks.
